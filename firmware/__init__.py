@@ -1,0 +1,1 @@
+"""Node firmware (MicroPython only). Populated by the firmware issue."""

@@ -1,0 +1,1 @@
+"""Host orchestrator (CPython only)."""

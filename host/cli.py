@@ -1,0 +1,42 @@
+"""The `servomesh` command."""
+
+import argparse
+import sys
+
+from servomesh.host import upy
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="servomesh", description="Run servo-driven hardware from Python."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "upy",
+        help="run the MicroPython unix port with the device tree importable as on a board",
+        description="Every argument after `upy` goes to the interpreter unchanged.",
+    )
+    commands.add_parser(
+        "demo", help="run the protocol between CPython and a MicroPython unix-port process"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["upy"]:  # pass everything after `upy` through, even --help
+        try:
+            upy.exec_upy(args[1:])
+        except upy.InterpreterNotFoundError as error:
+            print("servomesh upy: %s" % error, file=sys.stderr)
+            return 2
+    options = _parser().parse_args(args)
+    if options.command == "demo":
+        from servomesh.host import demo
+
+        return demo.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

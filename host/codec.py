@@ -1,0 +1,148 @@
+"""Host side of the message codec: cbor2, hardened, checked against the catalogue.
+
+The node uses `servomesh.protocol.cbor`; golden vectors hold both codecs to the same bytes.
+"""
+
+import io
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import cbor2
+from servomesh.protocol import messages
+from servomesh.protocol.cbor import MAX_ITEMS, MAX_STRING_BYTES, DecodeError
+
+MAX_DEPTH = 4  # [kind, seq, {map: [list]}] is as deep as a message gets
+_UINT_LIMIT = 1 << 64
+
+
+class MessageError(DecodeError):
+    """Well-formed CBOR that is not a message of the catalogue; `code` is the E_* to answer."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+def _reject_tag(decoder: object) -> NoReturn:
+    raise cbor2.CBORDecodeError("tags are not supported")
+
+
+class _EveryTag(Mapping[int, Any]):
+    """cbor2 decodes some tags itself; overriding every tag number makes them all errors."""
+
+    def __getitem__(self, tag: int) -> Any:
+        return _reject_tag
+
+    def __contains__(self, tag: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_EVERY_TAG = _EveryTag()
+
+
+def _tag_hook(decoder: object, tag: object) -> NoReturn:
+    _reject_tag(decoder)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A decoded message: `fields` are the items after kind and seq."""
+
+    kind: int
+    seq: int
+    fields: tuple[Any, ...]
+
+    @property
+    def name(self) -> str:
+        return str(messages.KINDS[self.kind][0])
+
+    def named(self) -> dict[str, Any]:
+        """Fields by catalogue name; repeated groups as a list of dicts under "items"."""
+        _, required, optional, group = messages.KINDS[self.kind]
+        fixed = (*required, *optional)
+        result: dict[str, Any] = dict.fromkeys(optional, 0)
+        count = len(required) if group else len(self.fields)
+        result.update(zip(fixed, self.fields[:count], strict=False))
+        if group:
+            rest = self.fields[count:]
+            width = len(group)
+            result["items"] = [
+                dict(zip(group, rest[i : i + width], strict=True))
+                for i in range(0, len(rest), width)
+            ]
+        return result
+
+
+def loads(body: bytes) -> Any:
+    """Decode any CBOR value of the protocol's subset; raise DecodeError otherwise."""
+    stream = io.BytesIO(body)
+    try:
+        value = cbor2.CBORDecoder(
+            stream,
+            max_depth=MAX_DEPTH + 1,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+            semantic_decoders=_EVERY_TAG,
+            tag_hook=_tag_hook,
+        ).decode()
+    except (cbor2.CBORDecodeError, RecursionError) as error:
+        raise DecodeError(str(error)) from None
+    if stream.tell() != len(body):  # cbor2.loads ignores what follows the first item
+        raise DecodeError("%d trailing bytes" % (len(body) - stream.tell()))
+    _check_subset(value, 0)
+    return value
+
+
+def _check_subset(value: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise DecodeError("nesting deeper than %d" % MAX_DEPTH)
+    if value is None or isinstance(value, bool | float):
+        return
+    if isinstance(value, int):
+        if not -_UINT_LIMIT <= value < _UINT_LIMIT:
+            raise DecodeError("integer out of range")
+    elif isinstance(value, str | bytes):
+        if len(value) > MAX_STRING_BYTES:
+            raise DecodeError("string longer than %d" % MAX_STRING_BYTES)
+    elif isinstance(value, list):
+        if len(value) > MAX_ITEMS:
+            raise DecodeError("more than %d items" % MAX_ITEMS)
+        for item in value:
+            _check_subset(item, depth + 1)
+    elif isinstance(value, dict):
+        if len(value) > MAX_ITEMS:
+            raise DecodeError("more than %d items" % MAX_ITEMS)
+        for key, item in value.items():
+            if isinstance(key, bool) or not isinstance(key, int | str | bytes):
+                raise DecodeError("map key is not an integer or a string")
+            _check_subset(key, depth + 1)
+            _check_subset(item, depth + 1)
+    else:
+        raise DecodeError("%s is outside the protocol's CBOR subset" % type(value).__name__)
+
+
+def decode(body: bytes) -> Message:
+    """Decode a message body and check it against the catalogue."""
+    value = loads(body)
+    if not isinstance(value, list):
+        raise MessageError(messages.E_MALFORMED, "a message is a CBOR array")
+    code = messages.check(value, len(value))
+    if code:
+        raise MessageError(code, "not a valid message: %s" % messages.ERROR_NAMES[code])
+    return Message(value[0], value[1], tuple(value[2:]))
+
+
+def encode(kind: int, seq: int, *fields: Any) -> bytes:
+    """Encode `[kind, seq, *fields]` after checking it against the catalogue."""
+    values: Sequence[Any] = [kind, seq, *fields]
+    code = messages.check(values, len(values))
+    if code:
+        raise ValueError("not a valid message: %s" % messages.ERROR_NAMES[code])
+    return cbor2.dumps(values)

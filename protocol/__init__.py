@@ -1,0 +1,1 @@
+"""Wire protocol shared by node and host."""

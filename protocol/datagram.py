@@ -1,0 +1,160 @@
+"""Datagram framing for UDP: one message per datagram, authenticated (the MAVLink 2 model).
+
+    offset size field
+    0      2    magic "SM" (0x53 0x4D)
+    2      1    header version (1)
+    3      1    flags: bit 0 SIGNED; other bits must be 0
+    4      2    sender id, big-endian
+    6      1    key id (0 when unsigned)
+    7      6    counter, big-endian; strictly increasing per (sender, key id) for the key's life
+    13     n    CBOR message body
+    13+n   12   tag, only when SIGNED: HMAC-SHA256(key, bytes 0 .. 13+n)[:12]
+
+A receiver checks the tag first, then a sliding replay window of WINDOW counters per
+(sender, key id): a counter seen before is a replay; one more than WINDOW below the highest
+seen is too old. Unsigned datagrams are accepted only when the receiver was built with
+`allow_unsigned=True`. Every rejection is counted by reason in `Receiver.rejected`.
+"""
+
+import struct
+
+from .compat import const
+from .hmac_sha256 import HmacKey, equal
+
+MAGIC = b"SM"
+HEADER_VERSION = const(1)
+FLAG_SIGNED = const(1)
+HEADER_BYTES = const(13)
+TAG_BYTES = const(12)
+COUNTER_MAX = const(0xFFFFFFFFFFFF)
+WINDOW = const(64)
+MAX_DATAGRAM = const(1200)  # fits any Wi-Fi MTU without IP fragmentation
+_WINDOW_MASK = (1 << WINDOW) - 1
+
+REASONS = (
+    "malformed",
+    "version",
+    "unsigned",
+    "unknown_key",
+    "bad_tag",
+    "replay",
+    "too_old",
+    "peers",
+)
+
+
+class DatagramError(ValueError):
+    """A datagram was rejected; `reason` is one of REASONS."""
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _header(flags, sender_id, key_id, counter):
+    if not 0 <= sender_id <= 0xFFFF:
+        raise ValueError("sender id out of range")
+    if not 0 <= key_id <= 0xFF:
+        raise ValueError("key id out of range")
+    if not 0 <= counter <= COUNTER_MAX:
+        raise ValueError("counter out of range")
+    return MAGIC + struct.pack(
+        ">BBHBHI", HEADER_VERSION, flags, sender_id, key_id, counter >> 32, counter & 0xFFFFFFFF
+    )
+
+
+class Sender:
+    """Seals bodies as datagrams from one sender id, signed with `key` unless it is None."""
+
+    def __init__(self, sender_id, key=None, key_id=0, counter=0):
+        self.sender_id = sender_id
+        self.key_id = key_id if key is not None else 0
+        self._key = HmacKey(key) if key is not None else None
+        self.counter = counter  # the last counter used; the next datagram takes counter + 1
+
+    def seal(self, body):
+        if len(body) + HEADER_BYTES + TAG_BYTES > MAX_DATAGRAM:
+            raise ValueError("body of %d bytes does not fit a datagram" % len(body))
+        self.counter += 1
+        if self._key is None:
+            return _header(0, self.sender_id, 0, self.counter) + bytes(body)
+        header = _header(FLAG_SIGNED, self.sender_id, self.key_id, self.counter)
+        return header + bytes(body) + self._key.digest(header, body)[:TAG_BYTES]
+
+
+class Receiver:
+    """Opens datagrams: checks header, tag and replay window; counts rejections by reason.
+
+    `keys` maps key id (1-255) to key bytes. `max_peers` bounds the replay windows kept, so
+    authenticated but unknown senders cannot grow memory without limit.
+    """
+
+    def __init__(self, keys=None, allow_unsigned=False, max_peers=32):
+        self._keys = {}
+        for key_id, key in (keys or {}).items():
+            if not 1 <= key_id <= 0xFF:
+                raise ValueError("key id must be 1-255")
+            self._keys[key_id] = HmacKey(key)
+        self.allow_unsigned = allow_unsigned
+        self.max_peers = max_peers
+        self._windows = {}  # (sender << 8 | key id) -> [highest counter, bitmap]
+        self.rejected = {reason: 0 for reason in REASONS}
+        self.accepted = 0
+
+    def _rejection(self, reason):
+        self.rejected[reason] += 1
+        return DatagramError(reason)
+
+    def open(self, datagram):
+        """Return `(sender_id, body)` of an accepted datagram; raise DatagramError otherwise."""
+        size = len(datagram)
+        if size <= HEADER_BYTES or size > MAX_DATAGRAM or bytes(datagram[0:2]) != MAGIC:
+            raise self._rejection("malformed")
+        version, flags, sender_id, key_id, high, low = struct.unpack_from(">BBHBHI", datagram, 2)
+        if version != HEADER_VERSION:
+            raise self._rejection("version")
+        if flags & ~FLAG_SIGNED:
+            raise self._rejection("malformed")
+        if not flags & FLAG_SIGNED:
+            if not self.allow_unsigned:
+                raise self._rejection("unsigned")
+            self.accepted += 1
+            return sender_id, bytes(datagram[HEADER_BYTES:])
+        end = size - TAG_BYTES
+        if end <= HEADER_BYTES:
+            raise self._rejection("malformed")
+        key = self._keys.get(key_id)
+        if key is None:
+            raise self._rejection("unknown_key")
+        tag = key.digest(datagram[:end])[:TAG_BYTES]
+        if not equal(tag, datagram[end:]):
+            raise self._rejection("bad_tag")
+        self._check_window(sender_id << 8 | key_id, high << 32 | low)
+        self.accepted += 1
+        return sender_id, bytes(datagram[HEADER_BYTES:end])
+
+    def _check_window(self, peer, counter):
+        window = self._windows.get(peer)
+        if window is None:
+            if len(self._windows) >= self.max_peers:
+                raise self._rejection("peers")
+            self._windows[peer] = [counter, 1]
+            return
+        highest, seen = window
+        if counter > highest:
+            shift = counter - highest
+            window[0] = counter
+            window[1] = ((seen << shift) | 1) & _WINDOW_MASK if shift < WINDOW else 1
+            return
+        age = highest - counter
+        if age >= WINDOW:
+            raise self._rejection("too_old")
+        if (seen >> age) & 1:
+            raise self._rejection("replay")
+        window[1] = seen | (1 << age)
+
+    def forget(self, sender_id):
+        """Drop a sender's replay windows (e.g. when a node is removed from the fleet)."""
+        for peer in list(self._windows):
+            if peer >> 8 == sender_id:
+                del self._windows[peer]

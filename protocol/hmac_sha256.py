@@ -1,0 +1,39 @@
+"""HMAC-SHA256 (RFC 2104) on `hashlib.sha256`: MicroPython has no `hmac` module."""
+
+import hashlib
+
+_BLOCK = 64
+
+
+class HmacKey:
+    """A key with its padded inner and outer blocks computed once."""
+
+    def __init__(self, key):
+        key = bytes(key)
+        if len(key) > _BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key + bytes(_BLOCK - len(key))
+        self._inner = bytes(b ^ 0x36 for b in key)
+        self._outer = bytes(b ^ 0x5C for b in key)
+
+    def __repr__(self):
+        return "HmacKey(<hidden>)"  # keys never reach logs
+
+    def digest(self, *parts):
+        """HMAC-SHA256 over the concatenation of `parts`."""
+        inner = hashlib.sha256(self._inner)
+        for part in parts:
+            inner.update(part)
+        outer = hashlib.sha256(self._outer)
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+def equal(a, b):
+    """Compare two byte strings in time that depends only on their length."""
+    if len(a) != len(b):
+        return False
+    diff = 0
+    for i in range(len(a)):
+        diff |= a[i] ^ b[i]
+    return diff == 0

@@ -1,0 +1,184 @@
+"""Message catalogue: kinds, their fields, error codes and the protocol version.
+
+Every message is a CBOR array `[kind, seq, field...]`. Hot messages hold only integers in the
+hot range (see `cbor.HOT_INT_MIN`), so the node encodes and decodes them without allocating;
+the few rare, extensible payloads (node info, config) are one CBOR map in the last field.
+
+Versioning: PROTOCOL_VERSION changes whenever an existing kind's fields change meaning, count
+or order. New kinds can be added without a version change: a node that does not know a kind
+answers ERROR with E_UNKNOWN_KIND, and INFO lists the kinds a node takes. Kind numbers and error
+codes are never reused.
+
+Units are in the field names: `_us` microseconds, `_ms` milliseconds, `pulse_us` is the servo
+pulse width. Node clock values (`*_ticks_us`) are the node's `time.ticks_us()` modulo 2**30
+(TICKS_PERIOD); subtract them modulo that period.
+"""
+
+from .cbor import HOT_INT_MAX, HOT_INT_MIN
+from .compat import const
+
+PROTOCOL_VERSION = const(1)
+TICKS_PERIOD = const(0x40000000)
+
+# Requests, host -> node. Each gets exactly one reply: its success reply (below) or ERROR.
+HELLO = const(1)
+PING = const(2)
+SET = const(3)
+MOVE = const(4)
+SEGMENT = const(5)
+STOP = const(6)
+CLEAR = const(7)
+CONFIG_GET = const(8)
+CONFIG_SET = const(9)
+TELEMETRY = const(10)
+REBOOT = const(11)
+DISCOVER = const(12)
+
+# Replies, node -> host; `seq` echoes the request's.
+ACK = const(32)
+ERROR = const(33)
+INFO = const(34)
+PONG = const(35)
+CONFIG = const(36)
+
+# Events, node -> host, unsolicited; `seq` counts the node's events of that kind so the host
+# can see what it missed.
+STATE = const(48)
+LOG = const(49)
+
+# STOP modes
+STOP_HOLD = const(0)
+STOP_RELEASE = const(1)
+
+# SEGMENT easing
+EASE_LINEAR = const(0)
+EASE_IN_OUT = const(1)
+
+# TELEMETRY links
+LINK_REQUESTER = const(0)  # the link the TELEMETRY request came in on
+LINK_SERIAL = const(1)
+LINK_UDP = const(2)
+
+# LOG levels (as Python's logging levels divided by 10)
+LOG_DEBUG = const(1)
+LOG_INFO = const(2)
+LOG_WARNING = const(3)
+LOG_ERROR = const(4)
+
+# Error codes carried by ERROR; 0 is never sent.
+E_MALFORMED = const(1)  # body is not a well-formed message
+E_UNKNOWN_KIND = const(2)
+E_BAD_FIELDS = const(3)  # wrong field count or field type for the kind
+E_BAD_CHANNEL = const(4)
+E_OUT_OF_LIMITS = const(5)  # a target outside the channel's pulse limits; never clamped
+E_STOPPED = const(6)  # motion refused while the latched STOP is set
+E_QUEUE_FULL = const(7)
+E_UNCONFIGURED = const(8)  # the node booted without a valid config
+E_BAD_CONFIG = const(9)
+E_LATE = const(10)  # a scheduled start already in the past
+E_VERSION = const(11)  # protocol version not supported
+E_BUSY = const(12)
+E_INTERNAL = const(13)
+
+ERROR_NAMES = {
+    E_MALFORMED: "malformed",
+    E_UNKNOWN_KIND: "unknown_kind",
+    E_BAD_FIELDS: "bad_fields",
+    E_BAD_CHANNEL: "bad_channel",
+    E_OUT_OF_LIMITS: "out_of_limits",
+    E_STOPPED: "stopped",
+    E_QUEUE_FULL: "queue_full",
+    E_UNCONFIGURED: "unconfigured",
+    E_BAD_CONFIG: "bad_config",
+    E_LATE: "late",
+    E_VERSION: "version",
+    E_BUSY: "busy",
+    E_INTERNAL: "internal",
+}
+
+# Field layouts, after [kind, seq]: (name, required fields, optional trailing fields, repeated
+# group). Fields are integers unless their name ends in "_map" (a CBOR map). An optional field
+# that is absent reads as 0; a repeated group follows the fixed fields zero or more times.
+# `MAX_FIELDS` bounds a whole message; a node keeps a values buffer of that size.
+MAX_FIELDS = const(96)
+
+KINDS = {
+    HELLO: ("HELLO", ("protocol_version",), (), ()),
+    PING: ("PING", (), (), ()),
+    SET: ("SET", ("channel", "pulse_us", "duration_ms"), ("speed_us_per_s", "trace"), ()),
+    MOVE: ("MOVE", ("duration_ms", "start_ticks_us", "trace"), (), ("channel", "pulse_us")),
+    SEGMENT: (
+        "SEGMENT",
+        ("start_ticks_us", "duration_ms", "easing", "trace"),
+        (),
+        ("channel", "pulse_us"),
+    ),
+    STOP: ("STOP", ("mode",), ("trace",), ()),
+    CLEAR: ("CLEAR", (), ("trace",), ()),
+    CONFIG_GET: ("CONFIG_GET", (), (), ()),
+    CONFIG_SET: ("CONFIG_SET", ("config_map",), (), ()),
+    TELEMETRY: ("TELEMETRY", ("period_ms",), ("link",), ()),
+    REBOOT: ("REBOOT", ("delay_ms",), (), ()),
+    DISCOVER: ("DISCOVER", (), (), ()),
+    ACK: ("ACK", (), ("result",), ()),
+    ERROR: ("ERROR", ("code",), ("detail",), ()),
+    INFO: ("INFO", ("info_map",), (), ()),
+    PONG: ("PONG", ("node_ticks_us",), (), ()),
+    CONFIG: ("CONFIG", ("config_map",), (), ()),
+    STATE: (
+        "STATE",
+        ("node_ticks_us", "flags", "trace", "loop_period_us", "loop_late_max_us", "free_heap"),
+        (),
+        ("channel", "pulse_us", "target_us", "channel_flags"),
+    ),
+    LOG: ("LOG", ("level", "code"), (), ("arg",)),
+}
+
+# STATE flags (node) and channel_flags (per channel)
+STATE_STOPPED = const(1)
+STATE_FAILSAFE = const(2)  # link lost: channels are doing their failsafe
+STATE_UNCONFIGURED = const(4)
+CHANNEL_MOVING = const(1)
+CHANNEL_RELEASED = const(2)
+CHANNEL_QUEUED = const(4)  # segments are waiting
+
+
+MAP_KINDS = (CONFIG_SET, INFO, CONFIG)  # their one field (after seq) is a map
+
+
+def check(values, count):
+    """Return 0 if `values[:count]`, a decoded `[kind, seq, ...]`, fits the catalogue, else the
+    error code to answer with. Value ranges (channels, pulse limits) are the receiver's to check.
+    """
+    if count < 2 or count > MAX_FIELDS:
+        return E_MALFORMED
+    kind = values[0]
+    spec = KINDS.get(kind) if isinstance(kind, int) and not isinstance(kind, bool) else None
+    if spec is None:
+        return E_UNKNOWN_KIND
+    fields = count - 2
+    required = len(spec[1])
+    group = len(spec[3])
+    if fields < required:
+        return E_BAD_FIELDS
+    if group:
+        if (fields - required) % group:
+            return E_BAD_FIELDS
+    elif fields > required + len(spec[2]):
+        return E_BAD_FIELDS
+    map_index = 2 if kind in MAP_KINDS else -1
+    for i in range(1, count):
+        value = values[i]
+        if i == map_index:
+            if not isinstance(value, dict):
+                return E_BAD_FIELDS
+        elif (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or value < HOT_INT_MIN
+            or value > HOT_INT_MAX
+        ):
+            return E_BAD_FIELDS
+    if values[1] < 0:
+        return E_BAD_FIELDS
+    return 0

@@ -1,0 +1,90 @@
+"""Host codec: cbor2 hardened, messages checked against the catalogue."""
+
+import cbor2
+import pytest
+from servomesh.host import codec
+from servomesh.protocol import cbor, messages
+
+
+def test_set_round_trip_and_names() -> None:
+    body = codec.encode(messages.SET, 300, 2, 1500, 400)
+    assert len(body) <= 12
+    message = codec.decode(body)
+    assert (message.kind, message.seq, message.fields) == (messages.SET, 300, (2, 1500, 400))
+    assert message.name == "SET"
+    assert message.named() == {
+        "channel": 2,
+        "pulse_us": 1500,
+        "duration_ms": 400,
+        "speed_us_per_s": 0,
+        "trace": 0,
+    }
+
+
+def test_repeated_groups_are_named() -> None:
+    message = codec.decode(codec.encode(messages.MOVE, 1, 400, 5000, 9, 0, 1500, 3, 1200))
+    assert message.named() == {
+        "duration_ms": 400,
+        "start_ticks_us": 5000,
+        "trace": 9,
+        "items": [{"channel": 0, "pulse_us": 1500}, {"channel": 3, "pulse_us": 1200}],
+    }
+
+
+def test_map_payloads() -> None:
+    info = {"node_id": "arm-a", "channels": 6, "caps": ["segment"]}
+    message = codec.decode(codec.encode(messages.INFO, 1, info))
+    assert message.fields == (info,)
+
+
+@pytest.mark.parametrize(
+    ("values", "code"),
+    [
+        ([], messages.E_MALFORMED),
+        ([3], messages.E_MALFORMED),
+        ([99, 1], messages.E_UNKNOWN_KIND),
+        ([True, 1], messages.E_UNKNOWN_KIND),
+        ([3, 1, 2, 1500], messages.E_BAD_FIELDS),  # SET lacks duration_ms
+        ([3, 1, 2, 1500, 400, 0, 0, 7], messages.E_BAD_FIELDS),  # one field too many
+        ([4, 1, 400, 0, 0, 1], messages.E_BAD_FIELDS),  # MOVE with half a (channel, pulse)
+        ([3, 1, 2, "1500", 400], messages.E_BAD_FIELDS),
+        ([3, 1, 2, 1500.0, 400], messages.E_BAD_FIELDS),
+        ([3, 1, 2, True, 400], messages.E_BAD_FIELDS),
+        ([3, -1, 2, 1500, 400], messages.E_BAD_FIELDS),
+        ([3, 1, 2, cbor.HOT_INT_MAX + 1, 400], messages.E_BAD_FIELDS),
+        ([9, 1, [1]], messages.E_BAD_FIELDS),  # CONFIG_SET needs a map
+        ([2, 1, {}], messages.E_BAD_FIELDS),
+        ([2] + [0] * messages.MAX_FIELDS, messages.E_MALFORMED),
+    ],
+)
+def test_catalogue_violations(values: list[object], code: int) -> None:
+    with pytest.raises(codec.MessageError) as caught:
+        codec.decode(cbor2.dumps(values))
+    assert caught.value.code == code
+    assert isinstance(caught.value, ValueError)
+    if len(values) >= 2:  # encode takes kind and seq as arguments
+        with pytest.raises(ValueError, match="not a valid message"):
+            codec.encode(*values)
+
+
+def test_a_message_is_an_array() -> None:
+    with pytest.raises(codec.MessageError, match="array"):
+        codec.decode(cbor2.dumps({"kind": 3}))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "c11a5f5e1000",  # tag 1 (epoch time), which cbor2 would turn into a datetime
+        "d9d9f78102",  # tag 55799 (self-described CBOR), which cbor2 would strip silently
+        "c249010000000000000000",  # tag 2 bignum
+        "8181818181818101",  # deeper than any message
+        "f7",  # undefined
+        "8102ff",  # trailing break
+        "a20102 0103".replace(" ", ""),  # duplicate key
+        "5f4100ff",  # indefinite
+    ],
+)
+def test_hardening(raw: str) -> None:
+    with pytest.raises(cbor.DecodeError):
+        codec.loads(bytes.fromhex(raw))
