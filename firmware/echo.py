@@ -25,9 +25,11 @@ def _read_key(path):
 
 def _reply(values, count, receiver):
     code = messages.check(values, count) if count >= 0 else messages.E_MALFORMED
-    seq = values[1] if count >= 2 and isinstance(values[1], int) else 0
     if code:
+        # Echo the seq only if it is one: a reply must itself fit the catalogue.
+        seq = values[1] if count >= 2 and messages.check([messages.PING, values[1]], 2) == 0 else 0
         return [messages.ERROR, seq, code]
+    seq = values[1]
     kind = values[0]
     if kind == messages.HELLO or kind == messages.DISCOVER:
         info = {

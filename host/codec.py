@@ -10,9 +10,8 @@ from typing import Any, NoReturn
 
 import cbor2
 from servomesh.protocol import messages
-from servomesh.protocol.cbor import MAX_ITEMS, MAX_STRING_BYTES, DecodeError
+from servomesh.protocol.cbor import MAX_DEPTH, MAX_ITEMS, MAX_STRING_BYTES, DecodeError
 
-MAX_DEPTH = 4  # [kind, seq, {map: [list]}] is as deep as a message gets
 _UINT_LIMIT = 1 << 64
 
 
@@ -86,7 +85,7 @@ def loads(body: bytes) -> Any:
     try:
         value = cbor2.CBORDecoder(
             stream,
-            max_depth=MAX_DEPTH + 1,
+            max_depth=MAX_DEPTH + 1,  # cbor2 as a backstop; _check_subset holds the exact bound
             allow_indefinite=False,
             allow_duplicate_keys=False,
             semantic_decoders=_EVERY_TAG,
@@ -101,24 +100,25 @@ def loads(body: bytes) -> Any:
 
 
 def _check_subset(value: Any, depth: int) -> None:
-    if depth > MAX_DEPTH:
-        raise DecodeError("nesting deeper than %d" % MAX_DEPTH)
+    """The node codec's limits, so host and node accept exactly the same bodies."""
     if value is None or isinstance(value, bool | float):
         return
     if isinstance(value, int):
         if not -_UINT_LIMIT <= value < _UINT_LIMIT:
             raise DecodeError("integer out of range")
     elif isinstance(value, str | bytes):
-        if len(value) > MAX_STRING_BYTES:
-            raise DecodeError("string longer than %d" % MAX_STRING_BYTES)
-    elif isinstance(value, list):
+        size = len(value.encode("utf-8")) if isinstance(value, str) else len(value)
+        if size > MAX_STRING_BYTES:
+            raise DecodeError("string of %d bytes exceeds %d" % (size, MAX_STRING_BYTES))
+    elif isinstance(value, list | dict):
+        if depth >= MAX_DEPTH:
+            raise DecodeError("nesting deeper than %d" % MAX_DEPTH)
         if len(value) > MAX_ITEMS:
-            raise DecodeError("more than %d items" % MAX_ITEMS)
-        for item in value:
-            _check_subset(item, depth + 1)
-    elif isinstance(value, dict):
-        if len(value) > MAX_ITEMS:
-            raise DecodeError("more than %d items" % MAX_ITEMS)
+            raise DecodeError("%d items exceed %d" % (len(value), MAX_ITEMS))
+        if isinstance(value, list):
+            for item in value:
+                _check_subset(item, depth + 1)
+            return
         for key, item in value.items():
             if isinstance(key, bool) or not isinstance(key, int | str | bytes):
                 raise DecodeError("map key is not an integer or a string")

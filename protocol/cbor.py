@@ -81,8 +81,6 @@ def _head(out, major, n):
 
 
 def _encode(out, value, depth):
-    if depth > MAX_DEPTH:
-        raise ValueError("nesting deeper than %d" % MAX_DEPTH)
     # bool first: it is an int subclass on both runtimes.
     if value is False:
         out.append(_FALSE)
@@ -108,23 +106,35 @@ def _encode(out, value, depth):
             out.append(_FLOAT64)
             out.extend(struct.pack(">d", value))
     elif isinstance(value, str):
-        raw = value.encode("utf-8")
-        _head(out, _MAJOR_TEXT, len(raw))
-        out.extend(raw)
+        _encode_string(out, _MAJOR_TEXT, value.encode("utf-8"))
     elif isinstance(value, (bytes, bytearray, memoryview)):
-        _head(out, _MAJOR_BYTES, len(value))
-        out.extend(value)
-    elif isinstance(value, (list, tuple)):
-        _head(out, _MAJOR_ARRAY, len(value))
-        for item in value:
-            _encode(out, item, depth + 1)
-    elif isinstance(value, dict):
-        _head(out, _MAJOR_MAP, len(value))
-        for key, item in value.items():
-            _encode(out, key, depth + 1)
-            _encode(out, item, depth + 1)
+        _encode_string(out, _MAJOR_BYTES, value)
     else:
-        raise TypeError("cannot encode %s as CBOR" % type(value).__name__)
+        # The decoder's limits hold here too, so nothing encodes that a peer would refuse.
+        if depth >= MAX_DEPTH:
+            raise ValueError("nesting deeper than %d" % MAX_DEPTH)
+        if not isinstance(value, (list, tuple, dict)):
+            raise TypeError("cannot encode %s as CBOR" % type(value).__name__)
+        if len(value) > MAX_ITEMS:
+            raise ValueError("%d items exceed %d" % (len(value), MAX_ITEMS))
+        if isinstance(value, dict):
+            _head(out, _MAJOR_MAP, len(value))
+            for key, item in value.items():
+                if not isinstance(key, (int, str, bytes)) or isinstance(key, bool):
+                    raise TypeError("map key %r is not an integer or a string" % (key,))
+                _encode(out, key, depth + 1)
+                _encode(out, item, depth + 1)
+        else:
+            _head(out, _MAJOR_ARRAY, len(value))
+            for item in value:
+                _encode(out, item, depth + 1)
+
+
+def _encode_string(out, major, raw):
+    if len(raw) > MAX_STRING_BYTES:
+        raise ValueError("string of %d bytes exceeds %d" % (len(raw), MAX_STRING_BYTES))
+    _head(out, major, len(raw))
+    out.extend(raw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,10 +200,11 @@ def _decode(data, pos, end, depth):
         raw = bytes(data[pos : pos + n])
         if major == _MAJOR_BYTES:
             return raw, pos + n
-        try:
-            return str(raw, "utf-8"), pos + n
-        except UnicodeError:
-            raise DecodeError("invalid UTF-8 in text string at offset %d" % pos) from None
+        # MicroPython's str() lets overlong forms, surrogates and code points past U+10FFFF
+        # through, so both runtimes check the bytes the same strict way first.
+        if not _is_utf8(raw):
+            raise DecodeError("invalid UTF-8 in text string at offset %d" % pos)
+        return str(raw, "utf-8"), pos + n
     if depth >= MAX_DEPTH:
         raise DecodeError("nesting deeper than %d" % MAX_DEPTH)
     if n > MAX_ITEMS:
@@ -219,6 +230,42 @@ def _decode(data, pos, end, depth):
             raise DecodeError("duplicate map key at offset %d" % key_pos)
         result[key], pos = _decode(data, pos, end, depth + 1)
     return result, pos
+
+
+def _is_utf8(raw):
+    """Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing past U+10FFFF."""
+    i = 0
+    end = len(raw)
+    while i < end:
+        lead = raw[i]
+        if lead < 0x80:
+            i += 1
+            continue
+        low = 0x80
+        high = 0xBF
+        if 0xC2 <= lead <= 0xDF:
+            extra = 1
+        elif 0xE0 <= lead <= 0xEF:
+            extra = 2
+            if lead == 0xE0:
+                low = 0xA0  # shorter forms are overlong
+            elif lead == 0xED:
+                high = 0x9F  # U+D800..U+DFFF are surrogates
+        elif 0xF0 <= lead <= 0xF4:
+            extra = 3
+            if lead == 0xF0:
+                low = 0x90
+            elif lead == 0xF4:
+                high = 0x8F  # past U+10FFFF
+        else:
+            return False
+        if end - i <= extra or not low <= raw[i + 1] <= high:
+            return False
+        for k in range(i + 2, i + 1 + extra):
+            if not 0x80 <= raw[k] <= 0xBF:
+                return False
+        i += 1 + extra
+    return True
 
 
 def _decode_simple(data, pos, end, initial):

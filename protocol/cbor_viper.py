@@ -7,12 +7,11 @@ limited to integers in [HOT_INT_MIN, HOT_INT_MAX]: they are small ints on every 
 
 import micropython
 
-from .compat import const
-
 _plain_decode = None  # set by cbor: the reference decoder, for what this build does not take
 
-_HOT_INT_MIN = const(-0x40000000)
-_HOT_INT_MAX = const(0x3FFFFFFF)
+# Plain globals, not const(): viper compares them as objects, not machine words.
+_HOT_MIN_OBJ = -0x40000000
+_HOT_MAX_OBJ = 0x3FFFFFFF
 
 
 @micropython.viper
@@ -23,15 +22,19 @@ def encode_ints_into(buf, offset: int, values, count: int) -> int:
         if offset < 0 or offset + int(_ints_size(values, count)) > size:
             raise ValueError("buffer too small")
     out = ptr8(buf)
+    highest = _HOT_MAX_OBJ  # locals: no global lookup per item
+    lowest = _HOT_MIN_OBJ
     major = 0x80
     n = count
     pos = offset
     i = -1
     while i < count:
         if i >= 0:
-            v = int(values[i])
-            if v < _HOT_INT_MIN or v > _HOT_INT_MAX:
+            item = values[i]
+            # Compared as objects first: int() would truncate a big int to a machine word.
+            if item > highest or item < lowest:
                 raise ValueError("hot integer out of range")
+            v = int(item)
             if v >= 0:
                 major = 0x00
                 n = v
@@ -63,12 +66,15 @@ def encode_ints_into(buf, offset: int, values, count: int) -> int:
 
 def _ints_size(values, count):
     # Only reached when the quick bound fails: exact size, for a clear error or a tight fit.
-    size = 1 if count < 24 else 3
+    size = _head_size(count)
     for i in range(count):
         v = values[i]
-        n = v if v >= 0 else -1 - v
-        size += 1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else 5
+        size += _head_size(v if v >= 0 else -1 - v)
     return size
+
+
+def _head_size(n):
+    return 1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else 5 if n < 0x100000000 else 9
 
 
 @micropython.viper

@@ -11,15 +11,20 @@
     13+n   12   tag, only when SIGNED: HMAC-SHA256(key, bytes 0 .. 13+n)[:12]
 
 A receiver checks the tag first, then a sliding replay window of WINDOW counters per
-(sender, key id): a counter seen before is a replay; one more than WINDOW below the highest
-seen is too old. Unsigned datagrams are accepted only when the receiver was built with
-`allow_unsigned=True`. Every rejection is counted by reason in `Receiver.rejected`.
+(sender, key id): a counter seen before is a replay; one WINDOW or more below the highest
+seen is too old. Unsigned datagrams are accepted only by a receiver that has no keys and was
+built with `allow_unsigned=True`: a keyed receiver never falls back to unsigned. Every
+rejection is counted by reason in `Receiver.rejected`.
+
+Windows live in memory: a sender must keep its counter increasing across its own restarts
+(the host derives it from the clock; a node from a boot counter kept in flash).
 """
 
 import struct
 
 from .compat import const
 from .hmac_sha256 import HmacKey, equal
+from .messages import MAX_BODY_BYTES
 
 MAGIC = b"SM"
 HEADER_VERSION = const(1)
@@ -28,7 +33,7 @@ HEADER_BYTES = const(13)
 TAG_BYTES = const(12)
 COUNTER_MAX = const(0xFFFFFFFFFFFF)
 WINDOW = const(64)
-MAX_DATAGRAM = const(1200)  # fits any Wi-Fi MTU without IP fragmentation
+MAX_DATAGRAM = HEADER_BYTES + MAX_BODY_BYTES + TAG_BYTES  # 1049: no IP fragmentation
 _WINDOW_MASK = (1 << WINDOW) - 1
 
 REASONS = (
@@ -66,15 +71,17 @@ def _header(flags, sender_id, key_id, counter):
 class Sender:
     """Seals bodies as datagrams from one sender id, signed with `key` unless it is None."""
 
-    def __init__(self, sender_id, key=None, key_id=0, counter=0):
+    def __init__(self, sender_id, key=None, key_id=1, counter=0):
+        if key is not None and not 1 <= key_id <= 0xFF:
+            raise ValueError("key id must be 1-255")
         self.sender_id = sender_id
         self.key_id = key_id if key is not None else 0
         self._key = HmacKey(key) if key is not None else None
         self.counter = counter  # the last counter used; the next datagram takes counter + 1
 
     def seal(self, body):
-        if len(body) + HEADER_BYTES + TAG_BYTES > MAX_DATAGRAM:
-            raise ValueError("body of %d bytes does not fit a datagram" % len(body))
+        if len(body) > MAX_BODY_BYTES:
+            raise ValueError("body of %d bytes exceeds %d" % (len(body), MAX_BODY_BYTES))
         self.counter += 1
         if self._key is None:
             return _header(0, self.sender_id, 0, self.counter) + bytes(body)
@@ -90,6 +97,8 @@ class Receiver:
     """
 
     def __init__(self, keys=None, allow_unsigned=False, max_peers=32):
+        if keys and allow_unsigned:
+            raise ValueError("a receiver with keys never accepts unsigned datagrams")
         self._keys = {}
         for key_id, key in (keys or {}).items():
             if not 1 <= key_id <= 0xFF:
@@ -118,6 +127,8 @@ class Receiver:
         if not flags & FLAG_SIGNED:
             if not self.allow_unsigned:
                 raise self._rejection("unsigned")
+            if size - HEADER_BYTES > MAX_BODY_BYTES:
+                raise self._rejection("malformed")
             self.accepted += 1
             return sender_id, bytes(datagram[HEADER_BYTES:])
         end = size - TAG_BYTES

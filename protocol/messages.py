@@ -19,6 +19,7 @@ from .compat import const
 
 PROTOCOL_VERSION = const(1)
 TICKS_PERIOD = const(0x40000000)
+MAX_BODY_BYTES = const(1024)  # one encoded message, in either framing
 
 # Requests, host -> node. Each gets exactly one reply: its success reply (below) or ERROR.
 HELLO = const(1)
@@ -99,6 +100,10 @@ ERROR_NAMES = {
 # Field layouts, after [kind, seq]: (name, required fields, optional trailing fields, repeated
 # group). Fields are integers unless their name ends in "_map" (a CBOR map). An optional field
 # that is absent reads as 0; a repeated group follows the fixed fields zero or more times.
+# Zero means "none" or "default" wherever a field allows it: trace 0 is no trace,
+# speed_us_per_s 0 the channel's configured speed, duration_ms 0 "as fast as the limits allow",
+# period_ms 0 telemetry off, start_ticks_us 0 "at once" (a host that means tick 0 sends 1).
+# An ERROR whose request could not be read carries seq 0.
 # `MAX_FIELDS` bounds a whole message; a node keeps a values buffer of that size.
 MAX_FIELDS = const(96)
 
@@ -127,7 +132,14 @@ KINDS = {
     CONFIG: ("CONFIG", ("config_map",), (), ()),
     STATE: (
         "STATE",
-        ("node_ticks_us", "flags", "trace", "loop_period_us", "loop_late_max_us", "free_heap"),
+        (
+            "node_ticks_us",
+            "flags",
+            "trace",
+            "loop_period_us",
+            "loop_late_max_us",
+            "free_heap_bytes",
+        ),
         (),
         ("channel", "pulse_us", "target_us", "channel_flags"),
     ),
@@ -179,6 +191,6 @@ def check(values, count):
             or value > HOT_INT_MAX
         ):
             return E_BAD_FIELDS
-    if values[1] < 0:
+    if values[1] < 0 or (kind == ERROR and values[2] < 1):  # error codes start at 1
         return E_BAD_FIELDS
     return 0

@@ -12,6 +12,7 @@ truncation or a bad CRC, and counts each dropped frame by reason.
 import binascii
 
 from .compat import const
+from .messages import MAX_BODY_BYTES
 
 SOF = const(0xC0)
 EOF = const(0xC1)
@@ -19,7 +20,7 @@ ESC = const(0xDB)
 _CTRL_C = const(0x03)
 _FLIP = const(0x20)
 
-MAX_BODY = const(1024)  # bytes of message body in one frame, before escaping
+MAX_BODY = MAX_BODY_BYTES  # bytes of message body in one frame, before escaping
 _CRC_BYTES = const(4)
 
 _OUTSIDE = const(0)

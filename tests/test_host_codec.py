@@ -55,6 +55,7 @@ def test_map_payloads() -> None:
         ([9, 1, [1]], messages.E_BAD_FIELDS),  # CONFIG_SET needs a map
         ([2, 1, {}], messages.E_BAD_FIELDS),
         ([2] + [0] * messages.MAX_FIELDS, messages.E_MALFORMED),
+        ([33, 1, 0], messages.E_BAD_FIELDS),  # error code 0 is never sent
     ],
 )
 def test_catalogue_violations(values: list[object], code: int) -> None:
@@ -78,7 +79,7 @@ def test_a_message_is_an_array() -> None:
         "c11a5f5e1000",  # tag 1 (epoch time), which cbor2 would turn into a datetime
         "d9d9f78102",  # tag 55799 (self-described CBOR), which cbor2 would strip silently
         "c249010000000000000000",  # tag 2 bignum
-        "8181818181818101",  # deeper than any message
+        "81" * 17 + "01",  # deeper than MAX_DEPTH
         "f7",  # undefined
         "8102ff",  # trailing break
         "a20102 0103".replace(" ", ""),  # duplicate key
@@ -88,3 +89,17 @@ def test_a_message_is_an_array() -> None:
 def test_hardening(raw: str) -> None:
     with pytest.raises(cbor.DecodeError):
         codec.loads(bytes.fromhex(raw))
+
+
+def test_host_limits_equal_the_node_codec() -> None:
+    deepest: object = 0
+    for _ in range(cbor.MAX_DEPTH):
+        deepest = [deepest]
+    assert codec.loads(cbor.dumps(deepest)) == deepest
+    with pytest.raises(cbor.DecodeError, match="nesting"):
+        codec.loads(b"\x81" + cbor.dumps(deepest))
+    euros = "\u20ac" * (cbor.MAX_STRING_BYTES // 3 + 1)  # few characters, too many bytes
+    with pytest.raises(cbor.DecodeError, match="bytes exceeds"):
+        codec.loads(cbor2.dumps(euros))
+    config = {"channels": [{"limits_us": [500, 2500], "home_us": 1500}]}
+    assert codec.decode(codec.encode(messages.CONFIG_SET, 1, config)).fields == (config,)

@@ -35,25 +35,51 @@ def test_depth_limit_is_inclusive():
     inside = cbor.dumps(nested(cbor.MAX_DEPTH))
     assert cbor.loads(inside) == nested(cbor.MAX_DEPTH)
     raises(cbor.DecodeError, cbor.loads, b"\x81" * (cbor.MAX_DEPTH + 1) + b"\x00")
-    raises(ValueError, cbor.dumps, nested(cbor.MAX_DEPTH + 2))
+    raises(ValueError, cbor.dumps, nested(cbor.MAX_DEPTH + 1))
 
 
 def test_string_limit_is_inclusive():
     longest = b"x" * cbor.MAX_STRING_BYTES
     assert cbor.loads(cbor.dumps(longest)) == longest
     assert cbor.loads(cbor.dumps("y" * cbor.MAX_STRING_BYTES)) == "y" * cbor.MAX_STRING_BYTES
-    raises(cbor.DecodeError, cbor.loads, cbor.dumps(longest + b"x"))
-    raises(cbor.DecodeError, cbor.loads, cbor.dumps("y" * (cbor.MAX_STRING_BYTES + 1)))
+    too_long = cbor.MAX_STRING_BYTES + 1  # built by hand: the encoder refuses it too
+    raises(cbor.DecodeError, cbor.loads, b"\x59" + too_long.to_bytes(2, "big") + longest + b"x")
+    raises(cbor.DecodeError, cbor.loads, b"\x79" + too_long.to_bytes(2, "big") + longest + b"y")
 
 
 def test_item_limit_is_inclusive():
     most = [0] * cbor.MAX_ITEMS
     assert cbor.loads(cbor.dumps(most)) == most
-    raises(cbor.DecodeError, cbor.loads, cbor.dumps(most + [0]))
-    pairs = {}
-    for i in range(cbor.MAX_ITEMS + 1):
-        pairs[i] = 0
-    raises(cbor.DecodeError, cbor.loads, cbor.dumps(pairs))
+    too_many = (cbor.MAX_ITEMS + 1).to_bytes(2, "big")  # built by hand: the encoder refuses it
+    raises(cbor.DecodeError, cbor.loads, b"\x99" + too_many + bytes(cbor.MAX_ITEMS + 1))
+    raises(cbor.DecodeError, cbor.loads, b"\xb9" + too_many + bytes(2 * cbor.MAX_ITEMS + 2))
+
+
+def test_encoder_refuses_what_a_decoder_would_refuse():
+    raises(ValueError, cbor.dumps, [0] * (cbor.MAX_ITEMS + 1))
+    raises(ValueError, cbor.dumps, b"x" * (cbor.MAX_STRING_BYTES + 1))
+    raises(ValueError, cbor.dumps, "\u20ac" * (cbor.MAX_STRING_BYTES // 3 + 1))  # bytes count
+    raises(TypeError, cbor.dumps, {1.5: 0})
+    raises(TypeError, cbor.dumps, {True: 0})
+    raises(TypeError, cbor.dumps, {None: 0})
+
+
+def test_utf8_is_checked_strictly():
+    for good in ("\u00fc", "\u20ac", "\U0010ffff", "\ud7ff", "\ue000"):
+        assert cbor.loads(cbor.dumps(good)) == good
+    for bad in (
+        b"\xc0\x80",
+        b"\xc1\xbf",
+        b"\xe0\x9f\xbf",
+        b"\xed\xa0\x80",
+        b"\xf0\x8f\xbf\xbf",
+        b"\xf4\x90\x80\x80",
+        b"\xf5\x80\x80\x80",
+        b"\x80",
+        b"\xe2\x82",
+        b"\xe2\x28\xa1",
+    ):
+        raises(cbor.DecodeError, cbor.loads, bytes([0x60 + len(bad)]) + bad)
 
 
 def test_hostile_lengths_fail_before_allocating():

@@ -115,13 +115,15 @@ def test_unsigned_only_when_allowed():
     strict = receiver()
     assert raises(datagram.DatagramError, strict.open, packet).reason == "unsigned"
     assert strict.rejected["unsigned"] == 1
-    lenient = receiver(allow_unsigned=True)
+    lenient = datagram.Receiver(allow_unsigned=True)
     assert lenient.open(packet) == (7, BODY)
+    raises(ValueError, datagram.Receiver, {1: KEY}, True)  # keys and unsigned never mix
 
 
 def test_malformed_and_version():
     r = receiver()
     good = datagram.Sender(7, KEY, 1).seal(BODY)
+    unsigned_too_long = datagram.Sender(7).seal(b"") + bytes(datagram.MAX_BODY_BYTES + 1)
     for bad in (b"", b"SM", good[: datagram.HEADER_BYTES], b"XX" + good[2:], good + bytes(2000)):
         raises(datagram.DatagramError, r.open, bad)
     assert r.rejected["malformed"] == 5
@@ -131,6 +133,8 @@ def test_malformed_and_version():
     flagged = bytearray(good)
     flagged[3] |= 0x80
     assert raises(datagram.DatagramError, r.open, bytes(flagged)).reason == "malformed"
+    lenient = datagram.Receiver(allow_unsigned=True)
+    assert raises(datagram.DatagramError, lenient.open, unsigned_too_long).reason == "malformed"
 
 
 def test_peer_windows_are_bounded():
@@ -148,5 +152,13 @@ def test_peer_windows_are_bounded():
 def test_sender_checks_its_ranges():
     raises(ValueError, datagram.Sender(70000, KEY, 1).seal, BODY)
     raises(ValueError, datagram.Sender(1, KEY, 1, counter=datagram.COUNTER_MAX).seal, BODY)
-    raises(ValueError, datagram.Sender(1, KEY, 1).seal, bytes(datagram.MAX_DATAGRAM))
+    raises(ValueError, datagram.Sender(1, KEY, 1).seal, bytes(datagram.MAX_BODY_BYTES + 1))
+    assert len(datagram.Sender(1, KEY, 1).seal(bytes(datagram.MAX_BODY_BYTES))) == (
+        datagram.MAX_DATAGRAM
+    )
+    raises(ValueError, datagram.Sender, 1, KEY, 0)
     raises(ValueError, datagram.Receiver, {0: KEY})
+
+
+def test_default_key_id_is_one():
+    assert receiver().open(datagram.Sender(7, KEY).seal(BODY)) == (7, BODY)
