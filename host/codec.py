@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import cbor2
+
 from servomesh.protocol import messages
 from servomesh.protocol.cbor import MAX_DEPTH, MAX_ITEMS, MAX_STRING_BYTES, DecodeError
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import cbor2
+
 from servomesh.host import codec, upy
 from servomesh.protocol import datagram, messages, stream
 

@@ -7,9 +7,10 @@ from typing import Any
 import cbor2
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from servomesh.protocol import cbor
 from tagged import has_multikey_map, same, to_json
 from upy_device import Device
+
+from servomesh.protocol import cbor
 
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
 LEAVES = (

@@ -5,9 +5,10 @@ from typing import Any
 import cbor2
 import pytest
 from conftest import load_golden
+from tagged import from_json, same
+
 from servomesh.host import codec
 from servomesh.protocol import cbor, datagram, messages, stream
-from tagged import from_json, same
 
 GOLDEN = load_golden()
 

@@ -1,9 +1,15 @@
 """Host codec: cbor2 hardened, messages checked against the catalogue."""
 
+import hashlib
+import hmac
+
 import cbor2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from servomesh.host import codec
-from servomesh.protocol import cbor, messages
+from servomesh.protocol import cbor, hmac_sha256, messages
 
 
 def test_set_round_trip_and_names() -> None:
@@ -103,3 +109,10 @@ def test_host_limits_equal_the_node_codec() -> None:
         codec.loads(cbor2.dumps(euros))
     config = {"channels": [{"limits_us": [500, 2500], "home_us": 1500}]}
     assert codec.decode(codec.encode(messages.CONFIG_SET, 1, config)).fields == (config,)
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.binary(max_size=150), parts=st.lists(st.binary(max_size=200), max_size=4))
+def test_device_hmac_equals_cpython_hmac(key: bytes, parts: list[bytes]) -> None:
+    expected = hmac.new(key, b"".join(parts), hashlib.sha256).digest()
+    assert hmac_sha256.HmacKey(key).digest(*parts) == expected

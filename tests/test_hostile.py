@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 from conftest import load_golden
+from upy_device import Device
+
 from servomesh.host import codec
 from servomesh.protocol import cbor, datagram, messages, stream
-from upy_device import Device
 
 SEED = 20261130
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
+
 from servomesh.host import codec, upy
 from servomesh.protocol import datagram, messages, stream
 

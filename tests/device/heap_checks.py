@@ -1,6 +1,7 @@
 """Allocation checks that only MicroPython can make: hot paths under micropython.heap_lock()."""
 
 import micropython
+
 from servomesh.protocol import cbor
 
 SET = [3, 300, 2, 1500, 400]

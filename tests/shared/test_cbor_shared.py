@@ -1,6 +1,7 @@
 """Codec bounds, errors and the hot path; runs under CPython and the MicroPython unix port."""
 
 from expect import raises
+
 from servomesh.protocol import cbor
 
 HOT_SAMPLES = [

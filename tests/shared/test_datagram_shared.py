@@ -1,6 +1,7 @@
 """Datagram auth: HMAC against RFC 4231, replay window, rejection counters; on both runtimes."""
 
 from expect import raises
+
 from servomesh.protocol import datagram, hmac_sha256
 
 KEY = bytes(range(32))

@@ -1,6 +1,7 @@
 """Serial framing: round trips, resynchronisation, limits; under CPython and MicroPython."""
 
 from expect import raises
+
 from servomesh.protocol import cbor, stream
 
 SET = cbor.dumps([3, 300, 2, 1500, 400])
