@@ -26,7 +26,7 @@ def _read_key(path):
 def _reply(values, count, receiver):
     code = messages.check(values, count) if count >= 0 else messages.E_MALFORMED
     if code:
-        # Echo the seq only if it is one: a reply must itself fit the catalogue.
+        # Echo the seq only if it is one; seq 0 says "your request could not be read".
         seq = values[1] if count >= 2 and messages.check([messages.PING, values[1]], 2) == 0 else 0
         return [messages.ERROR, seq, code]
     seq = values[1]

@@ -141,9 +141,17 @@ def decode(body: bytes) -> Message:
 
 
 def encode(kind: int, seq: int, *fields: Any) -> bytes:
-    """Encode `[kind, seq, *fields]` after checking it against the catalogue."""
+    """Encode `[kind, seq, *fields]` after checking it against the catalogue and the limits a
+    node's decoder holds it to, so the host never sends what a node must refuse."""
     values: Sequence[Any] = [kind, seq, *fields]
     code = messages.check(values, len(values))
     if code:
         raise ValueError("not a valid message: %s" % messages.ERROR_NAMES[code])
-    return cbor2.dumps(values)
+    try:
+        _check_subset(values, 0)
+    except DecodeError as error:
+        raise ValueError("not encodable: %s" % error) from None
+    body = cbor2.dumps(values)
+    if len(body) > messages.MAX_BODY_BYTES:
+        raise ValueError("body of %d bytes exceeds %d" % (len(body), messages.MAX_BODY_BYTES))
+    return body

@@ -106,7 +106,10 @@ def _encode(out, value, depth):
             out.append(_FLOAT64)
             out.extend(struct.pack(">d", value))
     elif isinstance(value, str):
-        _encode_string(out, _MAJOR_TEXT, value.encode("utf-8"))
+        raw = value.encode("utf-8")
+        if not _is_utf8(raw):  # MicroPython str() can hold bytes that are not UTF-8
+            raise ValueError("text is not valid UTF-8")
+        _encode_string(out, _MAJOR_TEXT, raw)
     elif isinstance(value, (bytes, bytearray, memoryview)):
         _encode_string(out, _MAJOR_BYTES, value)
     else:

@@ -80,8 +80,10 @@ class Sender:
         self.counter = counter  # the last counter used; the next datagram takes counter + 1
 
     def seal(self, body):
-        if len(body) > MAX_BODY_BYTES:
-            raise ValueError("body of %d bytes exceeds %d" % (len(body), MAX_BODY_BYTES))
+        if not 0 < len(body) <= MAX_BODY_BYTES:
+            raise ValueError("body of %d bytes: 1 to %d allowed" % (len(body), MAX_BODY_BYTES))
+        if self.counter >= COUNTER_MAX:
+            raise ValueError("counter exhausted: this key needs replacing")
         self.counter += 1
         if self._key is None:
             return _header(0, self.sender_id, 0, self.counter) + bytes(body)

@@ -103,7 +103,8 @@ ERROR_NAMES = {
 # Zero means "none" or "default" wherever a field allows it: trace 0 is no trace,
 # speed_us_per_s 0 the channel's configured speed, duration_ms 0 "as fast as the limits allow",
 # period_ms 0 telemetry off, start_ticks_us 0 "at once" (a host that means tick 0 sends 1).
-# An ERROR whose request could not be read carries seq 0.
+# Requests number their seq from 1: seq 0 is reserved for the ERROR that answers a request
+# whose seq could not be read. Events number theirs from 0.
 # `MAX_FIELDS` bounds a whole message; a node keeps a values buffer of that size.
 MAX_FIELDS = const(96)
 
@@ -191,6 +192,8 @@ def check(values, count):
             or value > HOT_INT_MAX
         ):
             return E_BAD_FIELDS
-    if values[1] < 0 or (kind == ERROR and values[2] < 1):  # error codes start at 1
+    if values[1] < (1 if kind < ACK else 0):  # seq 0 is the reply to an unreadable request
+        return E_BAD_FIELDS
+    if kind == ERROR and values[2] < 1:  # error codes start at 1
         return E_BAD_FIELDS
     return 0

@@ -57,6 +57,7 @@ def test_map_payloads() -> None:
         ([3, 1, 2, 1500.0, 400], messages.E_BAD_FIELDS),
         ([3, 1, 2, True, 400], messages.E_BAD_FIELDS),
         ([3, -1, 2, 1500, 400], messages.E_BAD_FIELDS),
+        ([3, 0, 2, 1500, 400], messages.E_BAD_FIELDS),  # request seq starts at 1
         ([3, 1, 2, cbor.HOT_INT_MAX + 1, 400], messages.E_BAD_FIELDS),
         ([9, 1, [1]], messages.E_BAD_FIELDS),  # CONFIG_SET needs a map
         ([2, 1, {}], messages.E_BAD_FIELDS),
@@ -116,3 +117,18 @@ def test_host_limits_equal_the_node_codec() -> None:
 def test_device_hmac_equals_cpython_hmac(key: bytes, parts: list[bytes]) -> None:
     expected = hmac.new(key, b"".join(parts), hashlib.sha256).digest()
     assert hmac_sha256.HmacKey(key).digest(*parts) == expected
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [{"deep": [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]}],  # 18 levels with [kind, seq, {...}]
+        [{"text": "x" * (cbor.MAX_STRING_BYTES + 1)}],
+        [{(1, 2): 0}],
+        [{True: 0}],
+        [{"big": [b"x" * 1000, b"y" * 1000]}],  # each string fits, the body does not
+    ],
+)
+def test_encode_refuses_what_a_node_would_refuse(fields: list[object]) -> None:
+    with pytest.raises(ValueError, match=r"not encodable|exceeds"):
+        codec.encode(messages.CONFIG_SET, 1, *fields)

@@ -116,7 +116,7 @@ MESSAGES = {
     "CONFIG_SET": [9, 307, {"node_id": "arm-a", "udp_port": 5683}],
     "TELEMETRY": [10, 308, 50, 2],
     "REBOOT": [11, 309, 100],
-    "DISCOVER": [12, 0],
+    "DISCOVER": [12, 1],
     "ACK": [32, 300],
     "ACK result": [32, 300, 7],
     "ERROR": [33, 300, 5, 2],

@@ -124,7 +124,8 @@ def test_unsigned_only_when_allowed():
 def test_malformed_and_version():
     r = receiver()
     good = datagram.Sender(7, KEY, 1).seal(BODY)
-    unsigned_too_long = datagram.Sender(7).seal(b"") + bytes(datagram.MAX_BODY_BYTES + 1)
+    header = datagram.Sender(7).seal(b"\x80")[: datagram.HEADER_BYTES]
+    unsigned_too_long = header + bytes(datagram.MAX_BODY_BYTES + 1)
     for bad in (b"", b"SM", good[: datagram.HEADER_BYTES], b"XX" + good[2:], good + bytes(2000)):
         raises(datagram.DatagramError, r.open, bad)
     assert r.rejected["malformed"] == 5
@@ -152,7 +153,10 @@ def test_peer_windows_are_bounded():
 
 def test_sender_checks_its_ranges():
     raises(ValueError, datagram.Sender(70000, KEY, 1).seal, BODY)
-    raises(ValueError, datagram.Sender(1, KEY, 1, counter=datagram.COUNTER_MAX).seal, BODY)
+    exhausted = datagram.Sender(1, KEY, 1, counter=datagram.COUNTER_MAX)
+    raises(ValueError, exhausted.seal, BODY)
+    assert exhausted.counter == datagram.COUNTER_MAX  # a refused seal uses no counter
+    raises(ValueError, datagram.Sender(1, KEY, 1).seal, b"")
     raises(ValueError, datagram.Sender(1, KEY, 1).seal, bytes(datagram.MAX_BODY_BYTES + 1))
     assert len(datagram.Sender(1, KEY, 1).seal(bytes(datagram.MAX_BODY_BYTES))) == (
         datagram.MAX_DATAGRAM
