@@ -13,6 +13,7 @@ from servomesh.host import upy
 TESTS = Path(__file__).resolve().parent
 RUNNER = TESTS / "device" / "runner.py"
 SHARED = TESTS / "shared"
+DEVICE_TESTS = TESTS / "device"
 
 
 class DeviceError(RuntimeError):
@@ -24,7 +25,7 @@ class Device:
 
     def __init__(self, heap: str | None = None) -> None:
         env = upy.environment()
-        env["MICROPYPATH"] += ":" + str(TESTS / "device")
+        env["MICROPYPATH"] += ":" + str(DEVICE_TESTS)
         self._process = subprocess.Popen(
             upy.command(str(RUNNER), str(SHARED), heap=heap),
             stdin=subprocess.PIPE,
