@@ -13,6 +13,8 @@ import tempfile
 from importlib.util import find_spec
 from pathlib import Path
 
+from servomesh.host import mpy
+
 DEVICE_PACKAGES = ("protocol", "firmware")
 
 
@@ -45,11 +47,27 @@ def package_dir(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+HOST_MARCH = "x64"  # the unix port's native-code architecture on this machine's kind
+
+
+def _cache_root(sources: dict[str, Path], kind: str) -> Path:
+    digest = hashlib.sha256(repr(sorted(sources.items())).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / ("servomesh-%s-%d-%s" % (kind, os.getuid(), digest))
+
+
+def compiled_device_lib() -> Path:
+    """Like `device_lib`, but compiled to .mpy as a deploy does: for small-heap runs."""
+    sources = {name: package_dir(name) for name in DEVICE_PACKAGES}
+    lib = _cache_root(sources, "device-mpy") / "lib"
+    for name, path in sources.items():
+        mpy.compile_tree(path, lib / "servomesh" / name, march=HOST_MARCH)
+    return lib
+
+
 def device_lib() -> Path:
     """The folder that plays a board's /lib: holds servomesh/protocol and servomesh/firmware."""
     sources = {name: package_dir(name) for name in DEVICE_PACKAGES}
-    digest = hashlib.sha256(repr(sorted(sources.items())).encode()).hexdigest()[:12]
-    root = Path(tempfile.gettempdir()) / ("servomesh-device-%d-%s" % (os.getuid(), digest))
+    root = _cache_root(sources, "device")
     lib = root / "lib"
     if _links_to(lib, sources):
         return lib
@@ -76,10 +94,12 @@ def _links_to(lib: Path, sources: dict[str, Path]) -> bool:
     )
 
 
-def environment(base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment with MICROPYPATH set as on a board (frozen modules, then /lib)."""
+def environment(base: dict[str, str] | None = None, compiled: bool = False) -> dict[str, str]:
+    """Environment with MICROPYPATH set as on a board (frozen modules, then /lib); `compiled`
+    serves the device tree as .mpy."""
     env = dict(os.environ if base is None else base)
-    env["MICROPYPATH"] = ".frozen:" + str(device_lib())
+    lib = compiled_device_lib() if compiled else device_lib()
+    env["MICROPYPATH"] = ".frozen:" + str(lib)
     return env
 
 

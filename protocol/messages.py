@@ -97,6 +97,46 @@ ERROR_NAMES = {
     E_INTERNAL: "internal",
 }
 
+# Counters a node reports in every STATE, by reason, in this order (totals since boot).
+STATE_COUNTERS = (
+    "frames_dropped",  # serial frames with a bad CRC, escape or length, or truncated
+    "datagrams_malformed",  # bad magic, header version, flags or size
+    "auth_failed",  # unsigned where a key is set, unknown key id, bad tag
+    "replayed",  # counter replayed or too old
+    "bodies_malformed",  # not CBOR, or not a message of the catalogue
+    "requests_refused",  # answered with ERROR
+    "requests_repeated",  # answered from the reply cache, not executed again
+    "requests_executed",
+)
+
+# Numeric LOG codes; args are small integers whose meaning each code gives.
+LOG_BOOT = const(1)  # args: reset cause (RESET_*), boot count
+LOG_CONFIG_INVALID = const(2)  # booted unconfigured; args: none (the reason is in INFO)
+LOG_LINK_LOST = const(3)  # failsafe started; args: silence in ms
+LOG_LINK_RESTORED = const(4)
+LOG_STOPPED = const(5)  # args: mode
+LOG_CLEARED = const(6)
+LOG_LOOP_OVERRUN = const(7)  # args: lateness in us
+LOG_REBOOTING = const(8)  # args: delay in ms
+LOG_CONFIG_SAVED = const(9)
+LOG_HARDWARE_ERROR = const(10)  # args: channel
+
+LOG_NAMES = {
+    LOG_BOOT: "boot",
+    LOG_CONFIG_INVALID: "config_invalid",
+    LOG_LINK_LOST: "link_lost",
+    LOG_LINK_RESTORED: "link_restored",
+    LOG_STOPPED: "stopped",
+    LOG_CLEARED: "cleared",
+    LOG_LOOP_OVERRUN: "loop_overrun",
+    LOG_REBOOTING: "rebooting",
+    LOG_CONFIG_SAVED: "config_saved",
+    LOG_HARDWARE_ERROR: "hardware_error",
+}
+
+# Reset causes as INFO reports them (and LOG_BOOT's first arg).
+RESET_CAUSES = ("power_on", "soft", "watchdog", "hard", "deep_sleep", "unknown")
+
 # Field layouts, after [kind, seq]: (name, required fields, optional trailing fields, repeated
 # group). Fields are integers unless their name ends in "_map" (a CBOR map). An optional field
 # that is absent reads as 0; a repeated group follows the fixed fields zero or more times.
@@ -140,13 +180,17 @@ KINDS = {
             "loop_period_us",
             "loop_late_max_us",
             "free_heap_bytes",
-        ),
+        )
+        + STATE_COUNTERS,
         (),
-        ("channel", "pulse_us", "target_us", "channel_flags"),
+        ("channel", "setpoint_us", "position_us", "target_us", "channel_flags"),
     ),
     LOG: ("LOG", ("level", "code"), (), ("arg",)),
 }
 
+# STATE: setpoint_us is what the motion engine commands now, position_us what the hardware
+# reports (the simulation's modelled position; a board's last written pulse; 0 when released),
+# target_us where the current motion ends.
 # STATE flags (node) and channel_flags (per channel)
 STATE_STOPPED = const(1)
 STATE_FAILSAFE = const(2)  # link lost: channels are doing their failsafe

@@ -23,7 +23,7 @@ def device() -> Iterator[Device]:
 
 @pytest.fixture(scope="session")
 def small_device() -> Iterator[Device]:
-    """The same service on a 64 KiB heap, like a small board."""
-    node = Device(heap="64k")
+    """The same service on a 64 KiB heap, like a small board, loading .mpy as a deploy does."""
+    node = Device(heap="64k", compiled=True)
     yield node
     node.close()

@@ -4,11 +4,12 @@ import json
 import os
 import selectors
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from servomesh.host import upy
+from servomesh.host import mpy, upy
 
 TESTS = Path(__file__).resolve().parent
 RUNNER = TESTS / "device" / "runner.py"
@@ -20,14 +21,32 @@ class DeviceError(RuntimeError):
     """The device runner failed, answered with an error, or did not answer in time."""
 
 
-class Device:
-    """One unix-port interpreter running the test service; every request has a timeout."""
+def _compiled_tests() -> Path:
+    """tests/device and tests/shared as .mpy, in one folder, for small-heap runs."""
+    folder = Path(tempfile.gettempdir()) / ("servomesh-tests-mpy-%d" % os.getuid())
+    for source in (DEVICE_TESTS, SHARED):
+        mpy.compile_tree(source, folder, march=upy.HOST_MARCH)
+    return folder
 
-    def __init__(self, heap: str | None = None) -> None:
-        env = upy.environment()
-        env["MICROPYPATH"] += ":" + str(DEVICE_TESTS)
+
+class Device:
+    """One unix-port interpreter running the test service; every request has a timeout.
+
+    `compiled` loads everything as .mpy, as a deployed board does: on a 64 KiB heap the
+    compiler itself would not fit beside the code.
+    """
+
+    def __init__(self, heap: str | None = None, compiled: bool = False) -> None:
+        env = upy.environment(compiled=compiled)
+        if compiled:
+            tests = _compiled_tests()
+            env["MICROPYPATH"] += ":" + str(tests)
+            argv = upy.command("-m", "runner", str(tests), heap=heap)
+        else:
+            env["MICROPYPATH"] += ":" + str(DEVICE_TESTS)
+            argv = upy.command(str(RUNNER), str(SHARED), heap=heap)
         self._process = subprocess.Popen(
-            upy.command(str(RUNNER), str(SHARED), heap=heap),
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,

@@ -34,8 +34,9 @@ KEY = bytes(range(32))
 
 SET = (messages.SET, 300, 2, 1500, 400)
 MOVE = (messages.MOVE, 301, 500, 123456, 7, 0, 1500, 1, 1600, 2, 1400)
-SIX_CHANNELS = tuple(v for ch in range(6) for v in (ch, 1500 + 10 * ch, 1500 + 10 * ch, 0))
-STATE = (messages.STATE, 302, 123456, 0, 7, 5000, 40, 61000, *SIX_CHANNELS)
+SIX_CHANNELS = tuple(v for ch in range(6) for v in (ch, 1500 + ch, 1490 + ch, 1500 + ch, 1))
+COUNTERS = (0, 0, 2, 0, 1, 3, 4, 5000)  # messages.STATE_COUNTERS
+STATE = (messages.STATE, 302, 123456, 0, 7, 5000, 40, 61000, *COUNTERS, *SIX_CHANNELS)
 INFO = (messages.INFO, 303, {"fw": "0.1.0", "protocol": 1, "channels": 8, "kinds": [1, 2, 3]})
 MESSAGES: dict[str, tuple[Any, ...]] = {
     "SET": SET,
