@@ -1,1 +1,3 @@
-"""Node firmware (MicroPython only). Populated by the firmware issue."""
+"""Node firmware (MicroPython only): the servo service each board runs."""
+
+VERSION = "0.1.0"

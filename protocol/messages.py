@@ -134,6 +134,20 @@ LOG_NAMES = {
     LOG_HARDWARE_ERROR: "hardware_error",
 }
 
+# CONFIG and CONFIG_SET carry the node config as one map. Its "channels" travel as arrays of
+# these fields, in this order, with failsafe as an index into FAILSAFES: a 16-channel config
+# then fits one body (as maps it would not).
+CONFIG_CHANNEL_FIELDS = (
+    "pin",
+    "min_us",
+    "max_us",
+    "home_us",
+    "speed_us_per_s",
+    "accel_us_per_s2",
+    "failsafe",
+)
+FAILSAFES = ("hold", "home", "release")
+
 # Reset causes as INFO reports them (and LOG_BOOT's first arg).
 RESET_CAUSES = ("power_on", "soft", "watchdog", "hard", "deep_sleep", "unknown")
 
