@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from servomesh.host import upy
+from servomesh.host import sim, upy
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,6 +18,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands.add_parser(
         "demo", help="run the protocol between CPython and a MicroPython unix-port process"
+    )
+    sim.add_arguments(
+        commands.add_parser(
+            "sim",
+            help="run simulated boards (MicroPython unix-port processes) until Ctrl-C",
+            description="Prints `<node_id> <url> [<udp url>]` per board, then runs until "
+            "Ctrl-C or SIGTERM.",
+        )
     )
     return parser
 
@@ -35,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         from servomesh.host import demo
 
         return demo.run()
+    if options.command == "sim":
+        return sim.run(options)
     return 0
 
 
