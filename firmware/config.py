@@ -355,8 +355,11 @@ def from_wire(raw):
     converted = []
     for index in range(len(channels)):
         item = channels[index]
+        if isinstance(item, dict):  # the file's form is accepted too
+            converted.append(item)
+            continue
         if type(item) is not list or len(item) != len(fields):
-            _fail("channels[%d]" % index, "must be an array of %d fields" % len(fields))
+            _fail("channels[%d]" % index, "must be a map or an array of %d fields" % len(fields))
         channel = {}
         for i in range(len(fields)):
             channel[fields[i]] = item[i]

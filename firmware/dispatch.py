@@ -63,8 +63,7 @@ class Dispatcher:
         code = messages.check(values, count)
         if code:
             counters[BODIES_MALFORMED] += 1
-            seq = values[1] if count >= 2 and messages.check(values, 2) == 0 else 0
-            return self._error(seq, code, 0)
+            return self._error(_readable_seq(values, count), code, 0)
         kind = values[0]
         if kind >= messages.ACK:
             counters[BODIES_MALFORMED] += 1
@@ -111,7 +110,8 @@ class Dispatcher:
         if kind == messages.CONFIG_GET:
             return self._map_reply(messages.CONFIG, seq, node.public_config())
         if kind == messages.CONFIG_SET:
-            return self._done(peer, kind, seq, node.configure(values[2], link), 1)
+            code = node.configure(values[2], link)
+            return self._done(peer, kind, seq, code, 1 if node.rebooting() else 0)
         if kind == messages.REBOOT:
             delay_ms = values[2]
             if delay_ms > _MAX_DELAY_MS:
@@ -217,3 +217,13 @@ class Dispatcher:
         for slot in range(CACHE_SIZE):
             if self._cache_peer[slot] == peer:
                 self._cache_peer[slot] = -1
+
+
+def _readable_seq(values, count):
+    """The request's seq if it is one, else 0 ("your request could not be read")."""
+    if count < 2:
+        return 0
+    seq = values[1]
+    if isinstance(seq, int) and not isinstance(seq, bool) and 1 <= seq <= cbor.HOT_INT_MAX:
+        return seq
+    return 0

@@ -43,6 +43,7 @@ class Node:
         self.servos = None
         self.motion = None
         self.period_us = 10000
+        self._link_timeout_ms = settings["link_timeout_ms"] if settings else 0
         if settings is not None:
             self._start_hardware(settings)
         self.dispatcher = Dispatcher(self)
@@ -105,6 +106,8 @@ class Node:
             "uptime_ms": time.ticks_ms(),
             "counters": self._counter_map(),
         }
+        gc.collect()
+        info["heap_used_bytes"] = gc.mem_alloc()  # after a collection: what the node keeps
         if self.config_error:
             info["config_error"] = self.config_error
         if self.motion is not None:
@@ -113,34 +116,46 @@ class Node:
         return info
 
     def public_config(self):
-        return config.public(self.config) if self.config else {}
+        return config.to_wire(self.config) if self.config else {}
 
     def configure(self, new, link):
         """CONFIG_SET: validate, persist, reboot to apply. Secrets travel only over serial."""
-        if not isinstance(new, dict):
-            return messages.E_BAD_CONFIG
-        new = dict(new)
-        current = self.config or {}
-        if link is not self.serial:
-            wifi = new.get("wifi")
-            if "key" in new or (isinstance(wifi, dict) and "password" in wifi):
-                self.log(messages.LOG_WARNING, messages.LOG_CONFIG_INVALID, 1)
-                return messages.E_BAD_CONFIG
-            for secret in ("key", "wifi"):  # keep the node's own secrets
-                if secret in current and secret not in new:
-                    new[secret] = current[secret]
         try:
+            new = config.from_wire(new)
+            current = self.config or {}
+            wifi = new.get("wifi")
+            password = wifi.get("password") if isinstance(wifi, dict) else None
+            sent_secret = new.get("key") not in (None, config.HIDDEN) or password not in (
+                None,
+                config.HIDDEN,
+            )
+            if sent_secret and link is not self.serial:
+                self.log(messages.LOG_WARNING, messages.LOG_CONFIG_INVALID, 1)
+                return messages.E_BAD_CONFIG  # secrets would cross the LAN in the clear
+            # Absent or "<hidden>" secrets mean "keep the node's own".
+            if new.get("key") in (None, config.HIDDEN):
+                new["key"] = current.get("key")
+            if isinstance(wifi, dict) and password in (None, config.HIDDEN):
+                wifi = dict(wifi)
+                wifi["password"] = current.get("wifi", {}).get("password")
+                new["wifi"] = wifi
             checked = config.validate(new)
         except config.ConfigError as error:
             self.config_error = "CONFIG_SET refused: %s" % error
             self.log(messages.LOG_WARNING, messages.LOG_CONFIG_INVALID)
             return messages.E_BAD_CONFIG
-        if checked == self.config:
+        if self.config is not None and checked == self.config:
             return 0  # nothing changes: no reboot (a host may re-push after every reboot)
-        config.save(checked)
+        try:
+            config.save(checked)
+        except OSError:
+            return messages.E_INTERNAL
         self.log(messages.LOG_INFO, messages.LOG_CONFIG_SAVED)
         self.reboot_in(200)
         return 0
+
+    def rebooting(self):
+        return self._reboot_at_ms is not None
 
     def reboot_in(self, delay_ms):
         self._reboot_at_ms = time.ticks_add(time.ticks_ms(), max(delay_ms, _REBOOT_FLUSH_MS))
@@ -271,9 +286,26 @@ class Node:
                 self._late_max_us = late_us
             bucket = late_us >> _LATE_BUCKET_SHIFT
             histogram[bucket if bucket < _LATE_BUCKETS else _LATE_BUCKETS - 1] += 1
-            motion.tick(now)
+            now_ms = time.ticks_ms()
+            # Checked every tick, so the failsafe acts within the timeout plus one period.
+            if (
+                self._armed
+                and not motion.in_failsafe
+                and time.ticks_diff(now_ms, self._host_ms) > self._link_timeout_ms
+            ):
+                self._link_lost(now_ms)
+            try:
+                motion.tick(now)
+            except OSError:  # an I2C bus error on a PCA9685: keep ticking, say so once a tick
+                self.log(messages.LOG_ERROR, messages.LOG_HARDWARE_ERROR)
             self.ticks += 1
-            self._last_tick_ms = time.ticks_ms()
+            self._last_tick_ms = now_ms
+
+    def _link_lost(self, now_ms):
+        self.motion.failsafe()
+        self.log(
+            messages.LOG_WARNING, messages.LOG_LINK_LOST, time.ticks_diff(now_ms, self._host_ms)
+        )
 
     async def telemetry_loop(self):
         while True:
