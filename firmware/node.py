@@ -402,6 +402,10 @@ def _next_boot_count():
 def main():
     settings, error = config.load()
     node = Node(settings, error, watchdog.reset_cause(), _next_boot_count())
+    # Collect early and often: each datagram leaves some garbage, and on a small heap a full
+    # one fragments until a 1 KiB receive buffer no longer fits.
+    gc.collect()
+    gc.threshold(gc.mem_free() // 4)
     if error:
         print("servomesh: unconfigured: %s" % error)
     try:
