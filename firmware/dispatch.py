@@ -147,7 +147,7 @@ class Dispatcher:
             node.stop(mode, values[3] if count > 3 else 0)
             return self._done(peer, kind, seq, 0, 0)
         if kind == messages.CLEAR:
-            node.clear()
+            node.clear(values[2] if count > 2 else 0)
             return self._done(peer, kind, seq, 0, 0)
         if kind == messages.TELEMETRY:
             period_ms = values[2]

@@ -162,11 +162,11 @@ class Node:
         self.log(messages.LOG_INFO, messages.LOG_REBOOTING, delay_ms)
 
     def stop(self, mode, trace):
-        self.motion.stop(mode)
+        self.motion.stop(mode, trace)
         self.log(messages.LOG_WARNING, messages.LOG_STOPPED, mode, trace)
 
-    def clear(self):
-        self.motion.clear()
+    def clear(self, trace):
+        self.motion.clear(trace)
         self.log(messages.LOG_INFO, messages.LOG_CLEARED)
 
     def telemetry(self, period_ms, target, link):
