@@ -23,9 +23,18 @@ def test_mpremote_interrupts_a_running_node_and_it_restarts() -> None:
         client.close()
         assert board.serial_url is not None
         result = subprocess.run(
-            [MPREMOTE, "connect", board.serial_url.removeprefix("serial://"), "resume", "exec",
-             "print(6 * 7)"],
-            capture_output=True, text=True, timeout=60, check=False,
+            [
+                MPREMOTE,
+                "connect",
+                board.serial_url.removeprefix("serial://"),
+                "resume",
+                "exec",
+                "print(6 * 7)",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip().endswith("42")
