@@ -26,7 +26,7 @@ MAX_CHANNELS = const(16)
 PULSE_MIN_US = const(400)
 PULSE_MAX_US = const(2600)
 SPEED_MAX_US_PER_S = const(100000)
-ACCEL_MAX_US_PER_S2 = const(10000000)
+ACCEL_MAX_US_PER_S2 = const(4000000)  # the motion engine caps at 2**22
 # 0.15 s per 60 degrees, with 60 degrees taken as 666 us of pulse.
 SIM_SLEW_US_PER_S = const(4444)
 SIM_SLEW_MAX_US_PER_S = const(100000)  # keeps the simulation's integer model within 2**30

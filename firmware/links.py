@@ -111,9 +111,9 @@ class UdpLink:
             peer, body = self.receiver.open(packet)
         except datagram.DatagramError:
             return  # counted by the receiver; an unauthenticated peer gets no answer
+        self.address = address  # before dispatching: events it causes go to this host
         dispatcher = self.node.dispatcher
         size = dispatcher.handle(self, peer, body, 0, len(body))
-        self.address = address
         if size:
             self._sendto(dispatcher.out, size, address)
 

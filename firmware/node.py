@@ -16,6 +16,7 @@ from servomesh.protocol import cbor, datagram, messages
 from servomesh.protocol.compat import const
 
 _SAFETY_PERIOD_MS = const(20)
+_SPIN_US = const(400)  # the end of a control period slept in place
 _WATCHDOG_MS = const(3000)
 _REBOOT_FLUSH_MS = const(50)
 _BOOT_COUNT_FILE = "boot_count"
@@ -55,7 +56,12 @@ class Node:
         self._reboot_at_ms = None
         self._telemetry_ms = 0
         self._telemetry_link = None
-        self._events = 0
+        self._state_seq = -1
+        self._log_seq = -1
+        self._booted_ms = time.ticks_ms()
+        self._told_boot = False
+        self._hardware_failing = False
+        self._overrun_ms = 0
         self._state = [0] * messages.MAX_FIELDS
         self._state_buf = bytearray(8 + 5 * messages.MAX_FIELDS)
         self._late_max_us = 0
@@ -85,6 +91,14 @@ class Node:
         self._host_ms = time.ticks_ms()
         self._host_link = link
         self._armed = True
+        if not self._told_boot:
+            self._told_boot = True
+            cause = self.reset_cause
+            index = messages.RESET_CAUSES.index(cause) if cause in messages.RESET_CAUSES else 5
+            self.log(messages.LOG_INFO, messages.LOG_BOOT, index, self.boot_count)
+        if self._telemetry_link is None and self.config and self.config["telemetry_ms"]:
+            self._telemetry_ms = self.config["telemetry_ms"]  # the configured default stream
+            self._telemetry_link = link
         motion = self.motion
         if motion is not None and motion.in_failsafe:
             motion.link_restored()
@@ -103,7 +117,7 @@ class Node:
             "boot_count": self.boot_count,
             "reset_cause": self.reset_cause,
             "configured": settings is not None,
-            "uptime_ms": time.ticks_ms(),
+            "uptime_ms": time.ticks_diff(time.ticks_ms(), self._booted_ms),
             "counters": self._counter_map(),
         }
         gc.collect()
@@ -136,8 +150,10 @@ class Node:
             if new.get("key") in (None, config.HIDDEN):
                 new["key"] = current.get("key")
             if isinstance(wifi, dict) and password in (None, config.HIDDEN):
+                if "wifi" not in current:
+                    return messages.E_BAD_CONFIG  # no password to keep: never guess "open"
                 wifi = dict(wifi)
-                wifi["password"] = current.get("wifi", {}).get("password")
+                wifi["password"] = current["wifi"]["password"]
                 new["wifi"] = wifi
             checked = config.validate(new)
         except config.ConfigError as error:
@@ -187,17 +203,14 @@ class Node:
         link = self._host_link
         if link is None:
             return
-        record = [messages.LOG, self._next_event(), level, code]
+        self._log_seq = (self._log_seq + 1) & 0x3FFFFFFF
+        record = [messages.LOG, self._log_seq, level, code]
         if a is not None:
             record.append(a)
         if b is not None:
             record.append(b)
         body = cbor.dumps(record)
         link.send(body, len(body))
-
-    def _next_event(self):
-        self._events = (self._events + 1) & 0x3FFFFFFF
-        return self._events
 
     def _counter_map(self):
         self._collect_link_counters()
@@ -220,7 +233,8 @@ class Node:
         values = self._state
         motion = self.motion
         values[0] = messages.STATE
-        values[1] = self._next_event()
+        self._state_seq = (self._state_seq + 1) & 0x3FFFFFFF
+        values[1] = self._state_seq
         values[2] = clock.now_us()
         flags = 0
         if motion is None:
@@ -272,16 +286,21 @@ class Node:
         deadline = clock.now_us()
         while True:
             deadline = clock.add_us(deadline, period_us)
-            # asyncio sleeps in whole milliseconds (rounded down, so never late); the rest, under
-            # a millisecond, is slept in place: the links wait at most that long.
-            await asyncio.sleep_ms(max(0, clock.diff_us(deadline, clock.now_us()) // 1000))
-            wait_us = clock.diff_us(deadline, clock.now_us())
-            if wait_us > 0:
-                time.sleep_us(wait_us)
+            # asyncio sleeps in whole milliseconds and may wake most of one early; the links
+            # keep running through those sleeps. Only the last few hundred microseconds are
+            # slept in place, so a link waits at most that long.
+            while True:
+                wait_us = clock.diff_us(deadline, clock.now_us())
+                if wait_us <= _SPIN_US:
+                    if wait_us > 0:
+                        time.sleep_us(wait_us)
+                    break
+                await asyncio.sleep_ms((wait_us - _SPIN_US) // 1000 if wait_us > 1400 else 1)
             now = clock.now_us()
             late_us = clock.diff_us(now, deadline)
             if late_us > period_us:
                 deadline = now  # fell a whole period behind: skip, do not burst
+                self._overrun(late_us)
             if late_us > self._late_max_us:
                 self._late_max_us = late_us
             bucket = late_us >> _LATE_BUCKET_SHIFT
@@ -296,10 +315,19 @@ class Node:
                 self._link_lost(now_ms)
             try:
                 motion.tick(now)
-            except OSError:  # an I2C bus error on a PCA9685: keep ticking, say so once a tick
-                self.log(messages.LOG_ERROR, messages.LOG_HARDWARE_ERROR)
+                self._hardware_failing = False
+            except OSError:  # an I2C bus error on a PCA9685: keep ticking, say so once
+                if not self._hardware_failing:
+                    self._hardware_failing = True
+                    self.log(messages.LOG_ERROR, messages.LOG_HARDWARE_ERROR)
             self.ticks += 1
             self._last_tick_ms = now_ms
+
+    def _overrun(self, late_us):
+        now_ms = time.ticks_ms()
+        if time.ticks_diff(now_ms, self._overrun_ms) >= 1000:  # at most one record a second
+            self._overrun_ms = now_ms
+            self.log(messages.LOG_WARNING, messages.LOG_LOOP_OVERRUN, late_us)
 
     def _link_lost(self, now_ms):
         self.motion.failsafe()

@@ -7,6 +7,7 @@ EXIT_RESET, which the simulator answers with a restart (reset cause "soft").
 """
 
 import sys
+import time
 
 from servomesh.protocol import messages
 from servomesh.protocol.compat import const
@@ -35,14 +36,22 @@ class Watchdog:
         self.timeout_ms = timeout_ms
         self.emulated = _WDT is None
         self._wdt = None if self.emulated else _WDT(timeout=timeout_ms)
-        self.feed()
+        self._written_ms = 0
+        self._write()
 
     def feed(self):
         if self._wdt is not None:
             self._wdt.feed()
-            return
-        with open(HEARTBEAT_FILE, "w") as f:
-            f.write("%d\n" % self.timeout_ms)
+        elif time.ticks_diff(time.ticks_ms(), self._written_ms) >= self.timeout_ms // 4:
+            # A file write can stall for milliseconds on a busy disk: write a few times per
+            # timeout, not at every feed.
+            self._write()
+
+    def _write(self):
+        if self._wdt is None:
+            with open(HEARTBEAT_FILE, "w") as f:
+                f.write("%d\n" % self.timeout_ms)
+            self._written_ms = time.ticks_ms()
 
 
 def reset():

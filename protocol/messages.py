@@ -101,7 +101,7 @@ ERROR_NAMES = {
 STATE_COUNTERS = (
     "frames_dropped",  # serial frames with a bad CRC, escape or length, or truncated
     "datagrams_malformed",  # bad magic, header version, flags or size
-    "auth_failed",  # unsigned where a key is set, unknown key id, bad tag
+    "auth_failed",  # unsigned where a key is set, unknown key id, bad tag, too many peers
     "replayed",  # counter replayed or too old
     "bodies_malformed",  # not CBOR, or not a message of the catalogue
     "requests_refused",  # answered with ERROR
@@ -110,16 +110,16 @@ STATE_COUNTERS = (
 )
 
 # Numeric LOG codes; args are small integers whose meaning each code gives.
-LOG_BOOT = const(1)  # args: reset cause (RESET_*), boot count
-LOG_CONFIG_INVALID = const(2)  # booted unconfigured; args: none (the reason is in INFO)
+LOG_BOOT = const(1)  # at the first host contact; args: index in RESET_CAUSES, boot count
+LOG_CONFIG_INVALID = const(2)  # a CONFIG_SET refused (reason in INFO); args: 1 = secrets over UDP
 LOG_LINK_LOST = const(3)  # failsafe started; args: silence in ms
 LOG_LINK_RESTORED = const(4)
-LOG_STOPPED = const(5)  # args: mode
+LOG_STOPPED = const(5)  # args: mode, trace
 LOG_CLEARED = const(6)
-LOG_LOOP_OVERRUN = const(7)  # args: lateness in us
+LOG_LOOP_OVERRUN = const(7)  # a tick came a whole period late; args: lateness in us
 LOG_REBOOTING = const(8)  # args: delay in ms
 LOG_CONFIG_SAVED = const(9)
-LOG_HARDWARE_ERROR = const(10)  # args: channel
+LOG_HARDWARE_ERROR = const(10)  # a servo write failed (I2C); once until a tick succeeds
 
 LOG_NAMES = {
     LOG_BOOT: "boot",
@@ -158,7 +158,7 @@ RESET_CAUSES = ("power_on", "soft", "watchdog", "hard", "deep_sleep", "unknown")
 # speed_us_per_s 0 the channel's configured speed, duration_ms 0 "as fast as the limits allow",
 # period_ms 0 telemetry off, start_ticks_us 0 "at once" (a host that means tick 0 sends 1).
 # Requests number their seq from 1: seq 0 is reserved for the ERROR that answers a request
-# whose seq could not be read. Events number theirs from 0.
+# whose seq could not be read. Events number theirs from 0, one count per kind.
 # `MAX_FIELDS` bounds a whole message; a node keeps a values buffer of that size.
 MAX_FIELDS = const(96)
 

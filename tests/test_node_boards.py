@@ -73,9 +73,11 @@ def test_log_records_reach_the_host() -> None:
     with Simulator(nodes=1) as sim:
         sim.wait_all_running(10)
         client = udp_client(sim.boards[0])
+        boot = client.wait_event(E.LOG, 1.0)  # told at the first contact
+        assert boot[1:6] == [0, E.LOG_INFO, E.LOG_BOOT, E.RESET_CAUSES.index("power_on"), 1]
         assert client.request(E.STOP, E.STOP_HOLD, 77)[0] == E.ACK
         record = client.wait_event(E.LOG, 1.0)
-        assert record[2:6] == [E.LOG_WARNING, E.LOG_STOPPED, E.STOP_HOLD, 77]
+        assert record[1:6] == [1, E.LOG_WARNING, E.LOG_STOPPED, E.STOP_HOLD, 77]
         assert client.request(E.CLEAR)[0] == E.ACK
         assert client.wait_event(E.LOG, 1.0)[2:4] == [E.LOG_INFO, E.LOG_CLEARED]
         client.close()

@@ -70,7 +70,9 @@ def test_speed_and_acceleration_limits_hold_within_one_tick(arm: UdpClient) -> N
     settle(arm, 0, 1000)
     arm.events.clear()
     assert arm.request(E.SET, 0, 2200, 0)[0] == E.ACK
-    samples = [(s[2], channel_state(s, 0)["setpoint_us"]) for s in states(arm, 1.4)]
+    reports = list(states(arm, 1.4))
+    samples = [(s[2], channel_state(s, 0)["setpoint_us"]) for s in reports]
+    late_us = max(s[6] for s in reports)  # loop_late_max_us: how late the ticks ran
     assert samples[-1][1] == 2200, samples[-1]  # 1200 µs at 2000 µs/s: 0.6 s + ramps
     speeds = []
     for (t0, p0), (t1, p1) in itertools.pairwise(samples):
@@ -86,8 +88,8 @@ def test_speed_and_acceleration_limits_hold_within_one_tick(arm: UdpClient) -> N
     t_start = ticks_diff(moving[0][0], samples[0][0]) - PERIOD_US
     t_end = next(t for t, p in samples if p == 2200)
     for t, p in samples:
-        since_us = ticks_diff(t, samples[0][0]) - t_start + PERIOD_US
-        until_us = ticks_diff(t_end, t) + PERIOD_US
+        since_us = ticks_diff(t, samples[0][0]) - t_start + PERIOD_US + late_us
+        until_us = ticks_diff(t_end, t) + PERIOD_US + late_us
         if since_us > 0:
             assert p - 1000 <= ACCEL * (since_us / 1e6) ** 2 / 2 + 1, (t, p)
         assert 2200 - p <= ACCEL * (until_us / 1e6) ** 2 / 2 + 1 or until_us > 0.2e6, (t, p)
@@ -118,16 +120,16 @@ def test_segments_play_back_to_back(arm: UdpClient) -> None:
     start = (node_now_us() + 80_000) & (E.TICKS_PERIOD - 1)
     assert arm.request(E.SEGMENT, start, 200, E.EASE_LINEAR, 6, 2, 1800)[0] == E.ACK
     assert arm.request(E.SEGMENT, 0, 200, E.EASE_LINEAR, 6, 2, 1200)[0] == E.ACK
-    trace = [
-        (ticks_diff(s[2], start), channel_state(s, 2)["setpoint_us"]) for s in states(arm, 0.8)
-    ]
+    reports = list(states(arm, 0.8))
+    trace = [(ticks_diff(s[2], start), channel_state(s, 2)["setpoint_us"]) for s in reports]
     during = [(t, p) for t, p in trace if 0 <= t <= 400_000]
+    late_us = max(s[6] for s in reports)  # loop_late_max_us: how late the ticks ran
     # Linear up then down: at 1800 only around the joint, never resting there.
     at_peak = [t for t, p in during if p == 1800]
     assert len(at_peak) <= 2, at_peak
-    for t, p in during:  # piecewise linear: within one tick of the ideal path
+    for t, p in during:  # piecewise linear: within one (possibly late) tick of the ideal path
         ideal = 1200 + 600 * t / 200_000 if t <= 200_000 else 1800 - 600 * (t - 200_000) / 200_000
-        assert abs(p - ideal) <= 600 * PERIOD_US / 200_000 + 1, (t, p, ideal)
+        assert abs(p - ideal) <= 600 * (PERIOD_US + late_us) / 200_000 + 1, (t, p, ideal)
     assert trace[-1][1] == 1200
 
 
@@ -155,8 +157,7 @@ def test_clear_moves_nothing(arm: UdpClient) -> None:
     arm.events.clear()
     assert {channel_state(s, 0)["setpoint_us"] for s in states(arm, 0.3)} == held
     assert arm.request(E.STOP, E.STOP_RELEASE)[0] == E.ACK
-    state = arm.wait_event(E.STATE, 1)
-    assert state[3] & E.STATE_STOPPED
+    state = arm.wait_event(E.STATE, 1, lambda s: s[3] & E.STATE_STOPPED)
     assert all(channel_state(state, ch)["flags"] & E.CHANNEL_RELEASED for ch in range(3))
     assert arm.request(E.CLEAR)[0] == E.ACK
 

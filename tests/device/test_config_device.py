@@ -167,7 +167,7 @@ def test_bounds_at_the_bounds():
         ("max_us", 401, 2600),  # with min_us 400
         ("home_us", 400, 2600),
         ("speed_us_per_s", 0, 100000),
-        ("accel_us_per_s2", 0, 10000000),
+        ("accel_us_per_s2", 0, 4000000),
     )
     for key, low, high in channel_bounds:
         for value in (low, high, low - 1, high + 1):

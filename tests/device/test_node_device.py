@@ -19,6 +19,12 @@ SETTINGS = {
 class FakeLink:
     name = "udp"
 
+    def __init__(self):
+        self.sent = []
+
+    def send(self, body, size):  # LOG records (the first contact logs the boot)
+        self.sent.append(bytes(body[:size]))
+
 
 def _node():
     return Node(config.validate(SETTINGS), None, "power_on", 1)
