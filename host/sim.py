@@ -300,7 +300,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--serial", type=int, default=0, metavar="K", help="the first K boards get a serial port"
     )
-    parser.add_argument("--heap", help='interpreter heap size, e.g. "64k", like a small board')
+    parser.add_argument(
+        "--heap",
+        help='interpreter heap size, e.g. "256k", like a small board (the whole firmware needs '
+        "144k on this 64-bit port, and only when loaded as .mpy from the flash folder's lib/)",
+    )
     parser.add_argument(
         "--folder", help="keep the boards' flash folders here (default: a temporary folder)"
     )
