@@ -50,6 +50,7 @@ class Node:
         self.dispatcher = Dispatcher(self)
         self.serial = None
         self.udp = None
+        self.wifi = None
         self._host_link = None
         self._host_ms = 0
         self._armed = False  # the failsafe arms at the first host request after boot
@@ -394,6 +395,11 @@ class Node:
             self.udp = links.UdpLink(
                 self, settings["udp_host"], settings["udp_port"], receiver, sender
             )
+        if settings is not None and "wifi" in settings:
+            from servomesh.firmware.wifi import Station
+
+            wifi = settings["wifi"]
+            self.wifi = Station(wifi["ssid"], wifi["password"], self.log)
         dog = watchdog.Watchdog(_WATCHDOG_MS)
         tasks = [
             asyncio.create_task(self.safety_loop(dog)),
@@ -402,6 +408,8 @@ class Node:
         for link in (self.serial, self.udp):
             if link is not None:
                 tasks.append(asyncio.create_task(link.run()))
+        if self.wifi is not None:
+            tasks.append(asyncio.create_task(self.wifi.run()))
         if self.motion is not None:
             tasks.append(asyncio.create_task(self.control_loop()))
         print(

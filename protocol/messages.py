@@ -120,6 +120,7 @@ LOG_LOOP_OVERRUN = const(7)  # a tick came a whole period late; args: lateness i
 LOG_REBOOTING = const(8)  # args: delay in ms
 LOG_CONFIG_SAVED = const(9)
 LOG_HARDWARE_ERROR = const(10)  # a servo write failed (I2C); once until a tick succeeds
+LOG_WIFI = const(11)  # args: 1 joined / 0 lost, connection attempts so far
 
 LOG_NAMES = {
     LOG_BOOT: "boot",
@@ -132,6 +133,7 @@ LOG_NAMES = {
     LOG_REBOOTING: "rebooting",
     LOG_CONFIG_SAVED: "config_saved",
     LOG_HARDWARE_ERROR: "hardware_error",
+    LOG_WIFI: "wifi",
 }
 
 # CONFIG and CONFIG_SET carry the node config as one map. Its "channels" travel as arrays of
