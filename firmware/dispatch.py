@@ -68,8 +68,11 @@ class Dispatcher:
         if kind >= messages.ACK:
             counters[BODIES_MALFORMED] += 1
             return _NO_REPLY
-        self.node.host_seen(link)
         seq = values[1]
+        if not link.bound_to_boot() and kind not in messages.READ_ONLY_KINDS:
+            # Possibly recorded before this boot: the host must HELLO and bind to it.
+            return self._error(seq, messages.E_UNBOUND, 0)
+        self.node.host_seen(link)
         if kind == messages.HELLO:
             self._forget(peer)
         else:

@@ -35,6 +35,9 @@ class SerialLink:
         self.alive = False
         self.closed = False  # stdin reached its end: no serial host (e.g. a UDP-only sim board)
 
+    def bound_to_boot(self):
+        return True  # a serial cable is its own proof of presence: nothing to replay
+
     def frames_dropped(self):
         total = 0
         for reason in stream.REASONS:
@@ -89,6 +92,10 @@ class UdpLink:
         self.sock.bind(socket.getaddrinfo(host, port)[0][-1])
         self.address = None  # where the host last spoke from: STATE and LOG go there
         self.alive = False
+
+    def bound_to_boot(self):
+        """Whether the request just received cannot have been recorded before this boot."""
+        return self.receiver.bound or self.receiver.allow_unsigned
 
     async def run(self):
         self.alive = True

@@ -387,7 +387,7 @@ class Node:
             key = config.key_bytes(settings)
             keys = {settings["key_id"]: key} if key else {}
             receiver = datagram.Receiver(
-                keys, allow_unsigned=not key and settings["allow_unsigned"]
+                keys, allow_unsigned=not key and settings["allow_unsigned"], boot_id=self.boot_id
             )
             sender = datagram.Sender(
                 settings["sender_id"], key, settings["key_id"], self.boot_count << _COUNTER_BITS

@@ -3,12 +3,17 @@
     offset size field
     0      2    magic "SM" (0x53 0x4D)
     2      1    header version (1)
-    3      1    flags: bit 0 SIGNED; other bits must be 0
+    3      1    flags: bit 0 SIGNED, bit 1 BOUND (needs SIGNED); other bits must be 0
     4      2    sender id, big-endian
     6      1    key id (0 when unsigned)
     7      6    counter, big-endian; strictly increasing per (sender, key id) for the key's life
     13     n    CBOR message body
-    13+n   12   tag, only when SIGNED: HMAC-SHA256(key, bytes 0 .. 13+n)[:12]
+    13+n   12   tag, only when SIGNED: HMAC-SHA256(key, bytes 0 .. 13+n)[:12]; when BOUND,
+                HMAC-SHA256(key, boot id as 4 bytes big-endian + bytes 0 .. 13+n)[:12]
+
+BOUND ties a request to the receiving node's current boot (its boot id, from INFO): a datagram
+recorded before the node rebooted fails the tag afterwards, though the node's replay windows
+start empty. Nodes take requests that change state over UDP only when bound.
 
 A receiver checks the tag first, then a sliding replay window of WINDOW counters per
 (sender, key id): a counter seen before is a replay; one WINDOW or more below the highest
@@ -29,6 +34,7 @@ from .messages import MAX_BODY_BYTES
 MAGIC = b"SM"
 HEADER_VERSION = const(1)
 FLAG_SIGNED = const(1)
+FLAG_BOUND = const(2)
 HEADER_BYTES = const(13)
 TAG_BYTES = const(12)
 COUNTER_MAX = const(0xFFFFFFFFFFFF)
@@ -56,6 +62,12 @@ class DatagramError(ValueError):
         self.reason = reason
 
 
+def _boot_bytes(boot_id):
+    if not 0 <= boot_id <= 0xFFFFFFFF:
+        raise ValueError("boot id out of range")
+    return struct.pack(">I", boot_id)
+
+
 def _header(flags, sender_id, key_id, counter):
     if not 0 <= sender_id <= 0xFFFF:
         raise ValueError("sender id out of range")
@@ -79,7 +91,8 @@ class Sender:
         self._key = HmacKey(key) if key is not None else None
         self.counter = counter  # the last counter used; the next datagram takes counter + 1
 
-    def seal(self, body):
+    def seal(self, body, bound_to=None):
+        """The datagram for `body`; `bound_to` (a node's boot id) makes it BOUND."""
         if not 0 < len(body) <= MAX_BODY_BYTES:
             raise ValueError("body of %d bytes: 1 to %d allowed" % (len(body), MAX_BODY_BYTES))
         if self.counter >= COUNTER_MAX:
@@ -87,8 +100,12 @@ class Sender:
         self.counter += 1
         if self._key is None:
             return _header(0, self.sender_id, 0, self.counter) + bytes(body)
-        header = _header(FLAG_SIGNED, self.sender_id, self.key_id, self.counter)
-        return header + bytes(body) + self._key.digest(header, body)[:TAG_BYTES]
+        if bound_to is None:
+            header = _header(FLAG_SIGNED, self.sender_id, self.key_id, self.counter)
+            return header + bytes(body) + self._key.digest(header, body)[:TAG_BYTES]
+        header = _header(FLAG_SIGNED | FLAG_BOUND, self.sender_id, self.key_id, self.counter)
+        tag = self._key.digest(_boot_bytes(bound_to), header, body)[:TAG_BYTES]
+        return header + bytes(body) + tag
 
 
 class Receiver:
@@ -98,7 +115,7 @@ class Receiver:
     authenticated but unknown senders cannot grow memory without limit.
     """
 
-    def __init__(self, keys=None, allow_unsigned=False, max_peers=32):
+    def __init__(self, keys=None, allow_unsigned=False, max_peers=32, boot_id=None):
         if keys and allow_unsigned:
             raise ValueError("a receiver with keys never accepts unsigned datagrams")
         self._keys = {}
@@ -111,6 +128,9 @@ class Receiver:
         self._windows = {}  # (sender << 8 | key id) -> [highest counter, bitmap]
         self.rejected = {reason: 0 for reason in REASONS}
         self.accepted = 0
+        # Set by open(): whether the datagram just accepted was BOUND to this boot.
+        self._boot = _boot_bytes(boot_id) if boot_id is not None else None
+        self.bound = False
 
     def _rejection(self, reason):
         self.rejected[reason] += 1
@@ -124,8 +144,12 @@ class Receiver:
         version, flags, sender_id, key_id, high, low = struct.unpack_from(">BBHBHI", datagram, 2)
         if version != HEADER_VERSION:
             raise self._rejection("version")
-        if flags & ~FLAG_SIGNED:
+        if flags & ~(FLAG_SIGNED | FLAG_BOUND) or flags == FLAG_BOUND:
             raise self._rejection("malformed")
+        bound = flags & FLAG_BOUND
+        if bound and self._boot is None:
+            raise self._rejection("malformed")  # only a node, which has a boot id, takes BOUND
+        self.bound = False
         if not flags & FLAG_SIGNED:
             if not self.allow_unsigned:
                 raise self._rejection("unsigned")
@@ -139,11 +163,15 @@ class Receiver:
         key = self._keys.get(key_id)
         if key is None:
             raise self._rejection("unknown_key")
-        tag = key.digest(datagram[:end])[:TAG_BYTES]
+        if bound:
+            tag = key.digest(self._boot, datagram[:end])[:TAG_BYTES]
+        else:
+            tag = key.digest(datagram[:end])[:TAG_BYTES]
         if not equal(tag, datagram[end:]):
             raise self._rejection("bad_tag")
         self._check_window(sender_id << 8 | key_id, high << 32 | low)
         self.accepted += 1
+        self.bound = bool(bound)
         return sender_id, bytes(datagram[HEADER_BYTES:end])
 
     def _check_window(self, peer, counter):

@@ -80,6 +80,7 @@ E_LATE = const(10)  # a scheduled start already in the past
 E_VERSION = const(11)  # protocol version not supported
 E_BUSY = const(12)
 E_INTERNAL = const(13)
+E_UNBOUND = const(14)  # over UDP, a request that changes state must be BOUND (datagram.py)
 
 ERROR_NAMES = {
     E_MALFORMED: "malformed",
@@ -95,6 +96,7 @@ ERROR_NAMES = {
     E_VERSION: "version",
     E_BUSY: "busy",
     E_INTERNAL: "internal",
+    E_UNBOUND: "unbound",
 }
 
 # Counters a node reports in every STATE, by reason, in this order (totals since boot).
@@ -215,6 +217,10 @@ CHANNEL_MOVING = const(1)
 CHANNEL_RELEASED = const(2)
 CHANNEL_QUEUED = const(4)  # segments are waiting
 
+
+# Requests that change nothing: the only ones a node takes over UDP without BOUND (a host
+# learns the boot id to bind to from their INFO).
+READ_ONLY_KINDS = (HELLO, PING, CONFIG_GET, DISCOVER)
 
 MAP_KINDS = (CONFIG_SET, INFO, CONFIG)  # their one field (after seq) is a map
 

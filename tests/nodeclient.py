@@ -28,6 +28,7 @@ class Client:
         self.timeout_s = timeout_s
         self.seq = 0
         self.events: list[list[Any]] = []
+        self.boot_id: int | None = None
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -36,7 +37,7 @@ class Client:
     def request(self, kind: int, *fields: Any, seq: int | None = None) -> list[Any]:
         """Send `[kind, seq, *fields]`; return the reply's values."""
         seq = self.next_seq() if seq is None else seq
-        self.send_body(cbor.dumps([kind, seq, *fields]))
+        self.send_body(cbor.dumps([kind, seq, *fields]), kind)
         return self.reply_to(seq)
 
     def reply_to(self, seq: int, timeout_s: float | None = None) -> list[Any]:
@@ -49,6 +50,8 @@ class Client:
                 if values[0] >= messages.STATE:
                     self.events.append(values)
                 elif values[1] == seq:
+                    if values[0] == messages.INFO:
+                        self.boot_id = values[2]["boot_id"]  # what requests bind to
                     return values
             if time.monotonic() >= deadline:
                 raise NoReplyError("no reply to seq %d" % seq)
@@ -66,7 +69,7 @@ class Client:
             for body in self.receive_bodies(min(0.05, deadline - time.monotonic())):
                 self.events.append(cbor.loads(body))
 
-    def send_body(self, body: bytes) -> None:
+    def send_body(self, body: bytes, kind: int | None = None) -> None:
         raise NotImplementedError  # each link sends its own way
 
     def receive_bodies(self, timeout_s: float) -> list[bytes]:
@@ -83,8 +86,13 @@ class UdpClient(Client):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
 
-    def send_body(self, body: bytes) -> None:
-        self.send_raw(self.sender.seal(body))
+    def seal(self, body: bytes, kind: int | None = None) -> bytes:
+        """A datagram for `body`, BOUND to the node's boot unless `kind` is read-only."""
+        bind = kind not in messages.READ_ONLY_KINDS and self.boot_id is not None
+        return self.sender.seal(body, bound_to=self.boot_id if bind else None)
+
+    def send_body(self, body: bytes, kind: int | None = None) -> None:
+        self.send_raw(self.seal(body, kind))
 
     def send_raw(self, packet: bytes) -> None:
         self.sock.sendto(packet, self.address)
@@ -109,7 +117,7 @@ class SerialClient(Client):
         self.decoder = stream.FrameDecoder()
         self.text = bytearray()
 
-    def send_body(self, body: bytes) -> None:
+    def send_body(self, body: bytes, kind: int | None = None) -> None:
         self.send_raw(stream.encode_frame(body))
 
     def send_raw(self, data: bytes) -> None:

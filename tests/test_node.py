@@ -156,7 +156,7 @@ def test_reply_kinds_sent_to_a_node_get_no_reply(client: Client) -> None:
 def test_udp_rejects_and_counts_forged_and_replayed_datagrams(sim: Simulator) -> None:
     client = udp_client(sim.boards[1])
     before = info(client)["counters"]
-    packet = client.sender.seal(cbor.dumps([E.SET, 60_000, 0, 1500, 0]))
+    packet = client.seal(cbor.dumps([E.SET, 60_000, 0, 1500, 0]), E.SET)
     tampered = bytearray(packet)
     tampered[-20] ^= 1
     client.send_raw(bytes(tampered))
@@ -215,3 +215,33 @@ def test_unconfigured_node_answers_hello_and_config_over_serial(tmp_path: Any) -
         board.wait_until(lambda b: b.restarts >= 2, 10)  # CONFIG_SET reboots to apply
         assert wait_ready(client)[2]["configured"] is True
         client.close()
+
+
+def test_udp_requests_that_change_state_must_be_bound_to_this_boot(sim: Simulator) -> None:
+    client = udp_client(sim.boards[1])
+    unbound = client.sender.seal(cbor.dumps([E.SET, 63_000, 0, 1500, 0]))
+    client.send_raw(unbound)
+    assert client.reply_to(63_000)[:3] == [E.ERROR, 63_000, E.E_UNBOUND]
+    stale = client.sender.seal(cbor.dumps([E.SET, 63_001, 0, 1500, 0]), bound_to=client.boot_id ^ 1)
+    client.send_raw(stale)  # bound to another boot: the tag does not verify
+    with pytest.raises(NoReplyError):
+        client.reply_to(63_001, timeout_s=0.3)
+    assert client.request(E.PING)[0] == E.PONG  # read-only requests need no binding
+    client.close()
+
+
+def test_a_request_recorded_before_a_reboot_is_refused_after_it(sim: Simulator) -> None:
+    board = sim.boards[1]
+    client = udp_client(board)
+    recorded = client.seal(cbor.dumps([E.SET, 64_000, 3, 2000, 0]), E.SET)
+    client.send_raw(recorded)
+    assert client.reply_to(64_000)[0] == E.ACK
+    restarts = board.restarts
+    assert client.request(E.REBOOT, 0)[0] == E.ACK
+    board.wait_until(lambda b: b.restarts > restarts, 10)
+    wait_ready(client)  # the node's replay windows are empty now
+    client.send_raw(recorded)  # the attacker's copy
+    with pytest.raises(NoReplyError):
+        client.reply_to(64_000, timeout_s=0.5)
+    assert info(client)["counters"]["auth_failed"] == 1
+    client.close()

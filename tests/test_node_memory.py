@@ -37,7 +37,7 @@ def blast(client: UdpClient, count: int, first_seq: int) -> int:
     while acked < count and time.monotonic() < deadline:
         while sent < count and len(pending) < WINDOW:
             seq = first_seq + sent
-            client.send_body(cbor.dumps([E.SET, seq, seq % 6, 1000 + seq % 1000, 0]))
+            client.send_body(cbor.dumps([E.SET, seq, seq % 6, 1000 + seq % 1000, 0]), E.SET)
             pending.add(seq)
             sent += 1
         for body in client.receive_bodies(1.0):

@@ -43,6 +43,19 @@ def _address(port):
     return socket.getaddrinfo("127.0.0.1", port)[0][-1]
 
 
+class _Trusted:
+    """A link whose requests count as bound (what a verified BOUND datagram gives)."""
+
+    def bound_to_boot(self):
+        return True
+
+    def send(self, body, size):
+        pass
+
+
+_TRUSTED = _Trusted()
+
+
 def _udp_socket(port):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(_address(port))
@@ -64,8 +77,9 @@ def steps(rounds, repeats, ports):
     node = Node(config.validate(raw), None, "power_on", 1)
     dispatcher, motion = node.dispatcher, node.motion
     sender, reply_sender = datagram.Sender(0, key, 1), datagram.Sender(1, key, 1)
-    receiver = datagram.Receiver({1: key})
-    link = links.UdpLink(node, "127.0.0.1", ports[2], datagram.Receiver({1: key}), reply_sender)
+    receiver = datagram.Receiver({1: key}, boot_id=node.boot_id)
+    link_receiver = datagram.Receiver({1: key}, boot_id=node.boot_id)
+    link = links.UdpLink(node, "127.0.0.1", ports[2], link_receiver, reply_sender)
     a, b = _udp_socket(ports[0]), _udp_socket(ports[1])
     a_address, b_address = _address(ports[0]), _address(ports[1])
     values = [0] * messages.MAX_FIELDS
@@ -79,7 +93,7 @@ def steps(rounds, repeats, ports):
             seq = state["seq"] = state["seq"] + 1
             fields = [messages.SET, seq, 2, 1400 + 200 * (seq & 1), 20]
             bodies.append(bytes(buf[: cbor.encode_ints_into(buf, 0, fields, 5)]))
-            packets.append(sender.seal(bodies[-1]))
+            packets.append(sender.seal(bodies[-1], bound_to=node.boot_id))
         state["bodies"], state["packets"], state["at"] = b"".join(bodies), b"".join(packets), 0
 
     def take():
@@ -100,7 +114,7 @@ def steps(rounds, repeats, ports):
 
     def handle():
         i = take() * 12
-        dispatcher.handle(None, 0, state["bodies"], i, i + 12)
+        dispatcher.handle(_TRUSTED, 0, state["bodies"], i, i + 12)
 
     cases = {
         "socket": socket_pair,

@@ -59,6 +59,7 @@ class Host:
     def __init__(self, key: bytes) -> None:
         self.key, self.seq, counter = key, 0, time.time_ns() // 10_000
         self.senders = [datagram.Sender(i, key, 1, counter=counter) for i in (0, 1)]
+        self.boot_id: int | None = None  # from INFO: SETs are BOUND to the node's boot
 
     def body(self, kind: int, *fields: int) -> tuple[int, bytes]:
         self.seq += 1
@@ -68,7 +69,8 @@ class Host:
         return self.body(messages.SET, CHANNEL, 1400 + 200 * (self.seq & 1), DURATION_MS)
 
     def packet(self, body: bytes, admin: bool = False) -> bytes:
-        return bytes(self.senders[admin].seal(body))
+        bound_to = None if admin else self.boot_id
+        return bytes(self.senders[admin].seal(body, bound_to=bound_to))
 
     def socket(self, port: int, timeout_s: float = REPLY_S) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -248,6 +250,7 @@ def info(host: Host, port: int, timeout_s: float = REPLY_S) -> dict[str, Any]:
                 while True:
                     values = codec.loads(receiver.open(sock.recv(datagram.MAX_DATAGRAM))[1])
                     if values[0] == messages.INFO and values[1] == seq:
+                        host.boot_id = values[2]["boot_id"]
                         return dict(values[2])
     raise TimeoutError("no INFO from the node within %.1f s" % timeout_s)
 
@@ -393,9 +396,14 @@ def run(quick: bool, row: Row, verdict: Verdict) -> None:
             label = "node CPU per signed SET" if ok else "UDP echo CPU per datagram (floor)"
             row(label, "%.1f" % us, "%.0f%%, %.1f%%" % (busy * 100, idle * 100), ok and "<= 20", ok)
         echo_replies, echo_wall, _ = blast(echo_sock, [signed] * int(blast_s * 200_000), blast_s)
-        packets, answered = node_sets(int(blast_s * 60_000))
-        work = lambda: blast(node_sock, packets, blast_s)  # noqa: E731
+        built: dict[str, Any] = {}
+
+        def work() -> Any:  # after the reset: SETs are BOUND to the boot the reset starts
+            packets, built["answered"] = node_sets(int(blast_s * 60_000))
+            return blast(node_sock, packets, blast_s)
+
         before, after, (replies, wall, sent) = fresh(node, host, device, work)
+        answered = built["answered"]
         once = udp_set(host, node_sock, receiver)
         paced_start, paced_end, count = fresh(
             node, host, device, lambda: paced(once, paced_s, PACED_HZ)

@@ -167,3 +167,26 @@ def test_sender_checks_its_ranges():
 
 def test_default_key_id_is_one():
     assert receiver().open(datagram.Sender(7, KEY).seal(BODY)) == (7, BODY)
+
+
+def test_bound_datagrams_verify_only_for_their_boot():
+    node = datagram.Receiver({1: KEY}, boot_id=4242)
+    sender = datagram.Sender(7, KEY, 1)
+    packet = sender.seal(BODY, bound_to=4242)
+    assert packet[3] == datagram.FLAG_SIGNED | datagram.FLAG_BOUND
+    assert node.open(packet) == (7, BODY)
+    assert node.bound
+    assert node.open(sender.seal(BODY)) == (7, BODY)  # plain signed still opens...
+    assert not node.bound  # ...but is not bound: the node refuses it for state changes
+    rebooted = datagram.Receiver({1: KEY}, boot_id=4243)  # same key, empty windows
+    assert raises(datagram.DatagramError, rebooted.open, packet).reason == "bad_tag"
+
+
+def test_bound_needs_a_signature_and_a_node():
+    packet = bytearray(datagram.Sender(7, KEY, 1).seal(BODY, bound_to=1))
+    host = datagram.Receiver({1: KEY})  # no boot id: a host never takes BOUND datagrams
+    assert raises(datagram.DatagramError, host.open, bytes(packet)).reason == "malformed"
+    packet[3] = datagram.FLAG_BOUND  # bound but unsigned
+    node = datagram.Receiver(allow_unsigned=True, boot_id=1)
+    assert raises(datagram.DatagramError, node.open, bytes(packet)).reason == "malformed"
+    raises(ValueError, datagram.Sender(7, KEY, 1).seal, BODY, 2**32)
