@@ -3,14 +3,8 @@
 Times start just before the node clock wraps (2**30 µs), so most motions cross the wrap.
 """
 
-try:
-    import micropython
-except ImportError:  # CPython's pytest collects this file too: it runs only in the unix port
-    import pytest
-
-    pytest.skip("MicroPython only: run by tests/test_on_micropython.py", allow_module_level=True)
-
 from expect import raises
+from heap_checks import locked
 
 from servomesh.firmware import clock, profile
 from servomesh.firmware.motion import Motion
@@ -114,18 +108,6 @@ def first_at(trace, value):
     return -1
 
 
-def _locked(call):
-    # None when `call()` allocated nothing; `call` takes no arguments, as *args would allocate.
-    micropython.heap_lock()
-    try:
-        call()
-    except MemoryError:
-        return "allocated"
-    finally:
-        micropython.heap_unlock()
-    return None
-
-
 # --- clock ----------------------------------------------------------------------------------
 
 
@@ -149,7 +131,7 @@ def test_clock_allocates_nothing():
         ("add_us", lambda: clock.add_us(1073741800, 1000000)),
     ):
         call()
-        assert _locked(call) is None, name
+        assert locked(call) is None, name
 
 
 # --- profile arithmetic ---------------------------------------------------------------------
@@ -727,7 +709,7 @@ def test_tick_and_commands_allocate_nothing():
     for name, call in checks:
         for _ in range(3):
             tick()  # several channels mid-motion, segments starting
-        assert _locked(call) is None, name
+        assert locked(call) is None, name
         for _ in range(5):
-            assert _locked(tick) is None, "tick after " + name
+            assert locked(tick) is None, "tick after " + name
     assert m.ticks > 60 and servos.writes > 20

@@ -1,7 +1,7 @@
 """The node's hot paths inside the MicroPython unix port: SET handling and the control tick
 allocate nothing (micropython.heap_lock); a repeated SET is answered, not executed."""
 
-import micropython
+from heap_checks import locked
 
 from servomesh.firmware import clock, config
 from servomesh.firmware.node import Node
@@ -33,17 +33,6 @@ def _node():
     return Node(config.validate(SETTINGS), None, "power_on", 1)
 
 
-def _locked(call):
-    micropython.heap_lock()
-    try:
-        call()
-        return None
-    except MemoryError:
-        return "allocated"
-    finally:
-        micropython.heap_unlock()
-
-
 def test_set_handling_allocates_nothing():
     node = _node()
     link = FakeLink()
@@ -59,7 +48,7 @@ def test_set_handling_allocates_nothing():
         index[0] += 1
 
     for _ in range(30):
-        assert _locked(one_set) is None
+        assert locked(one_set) is None
         reply = cbor.loads(bytes(dispatcher.out[: sizes[0]]))
         assert reply[0] == messages.ACK, reply
         assert reply[1] == index[0], reply  # bodies[k] has seq k + 1
@@ -73,7 +62,7 @@ def test_repeat_is_answered_without_allocating_or_executing():
     first = dispatcher.handle(link, 7, body, 0, len(body))
     first_reply = bytes(dispatcher.out[:first])
     executed = node.counters[7]
-    assert _locked(lambda: dispatcher.handle(link, 7, body, 0, len(body))) is None
+    assert locked(lambda: dispatcher.handle(link, 7, body, 0, len(body))) is None
     assert bytes(dispatcher.out[:first]) == first_reply
     assert node.counters[7] == executed  # requests_executed
     assert node.counters[6] == 1  # requests_repeated
@@ -88,7 +77,7 @@ def test_errors_allocate_nothing():
     for body in (out_of_limits, bad_channel):
         dispatcher.handle(link, 7, body, 0, len(body))
     for refused in (out_of_limits, bad_channel):
-        assert _locked(lambda body=refused: dispatcher.handle(link, 8, body, 0, len(body))) is None
+        assert locked(lambda body=refused: dispatcher.handle(link, 8, body, 0, len(body))) is None
 
 
 def test_control_tick_allocates_nothing():
@@ -105,7 +94,7 @@ def test_control_tick_allocates_nothing():
         motion.tick(times[0])
 
     for _ in range(60):
-        assert _locked(tick) is None
+        assert locked(tick) is None
     assert motion.setpoint_us[1] == 2000
 
 

@@ -1,8 +1,8 @@
 """The hardware layer with fake machine classes, run inside the MicroPython unix port."""
 
-import micropython
 from expect import raises
 from fakes import FakeI2C, FakeMachine, FakePin, FakePWM, PwmOnly
+from heap_checks import locked
 
 from servomesh.firmware import servos
 from servomesh.firmware.config import ConfigError, validate
@@ -28,18 +28,6 @@ def _pca(*pins):
 
 def _message(error_type, function, *args):
     return str(raises(error_type, function, *args))
-
-
-def _locked(call):
-    # None when `call()` allocated nothing; `call` takes no arguments, as *args would allocate.
-    micropython.heap_lock()
-    try:
-        call()
-    except MemoryError:
-        return "allocated"
-    finally:
-        micropython.heap_unlock()
-    return None
 
 
 # --- PwmServos ------------------------------------------------------------------------------
@@ -313,7 +301,7 @@ def test_write_us_release_and_tick_allocate_nothing():
         call()  # warm up outside the lock
         if name == "sim release":
             sim.write_us(1, 2100)
-        assert _locked(call) is None, name
+        assert locked(call) is None, name
     assert pwm.released(1) and pca.released(1) and sim.released(1)
     assert fake.pwms[1].duty_ns_value == 0 and i2c.registers[0xFD] == 0x10
 
