@@ -1,108 +1,158 @@
-"""`servomesh demo`, foundation stage: the wire protocol between CPython and MicroPython.
+"""`servomesh demo`, before the orchestrator exists: real node firmware on simulated boards.
 
-Starts the protocol echo service (`servomesh.firmware.echo`) in the MicroPython unix port,
-talks to it over signed UDP datagrams and shows each exchange, including a tampered and a
-replayed datagram that the node rejects. The orchestrator, simulated servo nodes and the
-dashboard take this command's place as they land.
+Starts three simulated boards (the first also on a pty serial link), greets each over signed
+UDP, moves a servo on every board with one synchronized start scheduled in the nodes' clock,
+follows the motion through the nodes' telemetry, shows a forged and a replayed datagram being
+refused, then stops. The orchestrator, HTTP API and dashboard take this command's place as
+they land.
 """
 
-import secrets
 import socket
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
+from typing import Any
 
-import cbor2
+from servomesh.host import codec
+from servomesh.host.sim import Board, Simulator
+from servomesh.protocol import datagram, messages
 
-from servomesh.host import codec, upy
-from servomesh.protocol import datagram, messages, stream
-
-_KEY_ID = 1
-_HOST_SENDER_ID = 0
 _REPLY_TIMEOUT_S = 1.0
-_START_TIMEOUT_S = 10.0
+_READY_TIMEOUT_S = 10.0
+_START_AHEAD_US = 300_000
+_MOVE_MS = 600
 
 
-def _free_udp_port() -> int:
-    # The unix port cannot report the port it bound, so pick one here and hand it over.
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+class _Node:
+    """The host side of one board: signed datagrams, seqs, requests bound to its boot."""
+
+    def __init__(self, board: Board) -> None:
+        if board.key is None:
+            raise RuntimeError("the demo's boards are signed: %s has no key" % board.node_id)
+        self.board = board
+        self.sender = datagram.Sender(0, board.key, 1, counter=time.time_ns() // 10_000)
+        self.receiver = datagram.Receiver({1: board.key})
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.connect(("127.0.0.1", board.udp_port))
+        self.sock.settimeout(_REPLY_TIMEOUT_S)
+        self.seq = 0
+        self.boot_id: int | None = None
+        self.states: list[list[Any]] = []
+
+    def request(self, kind: int, *fields: Any) -> codec.Message:
+        self.seq += 1
+        bind = self.boot_id if kind not in messages.READ_ONLY_KINDS else None
+        self.sock.send(self.sender.seal(codec.encode(kind, self.seq, *fields), bound_to=bind))
+        return self.reply(self.seq)
+
+    def reply(self, seq: int) -> codec.Message:
+        while True:
+            message = self._receive()
+            if message.kind < messages.STATE and message.seq == seq:
+                if message.kind == messages.INFO:
+                    self.boot_id = message.fields[0]["boot_id"]
+                return message
+
+    def _receive(self) -> codec.Message:
+        body = self.receiver.open(self.sock.recv(datagram.MAX_DATAGRAM))[1]
+        message = codec.decode(body)
+        if message.kind == messages.STATE:
+            self.states.append([message.kind, message.seq, *message.fields])
+        return message
+
+    def hello(self) -> dict[str, Any]:
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        while True:
+            try:
+                return dict(self.request(messages.HELLO, messages.PROTOCOL_VERSION).fields[0])
+            except (TimeoutError, ConnectionRefusedError):  # it binds a moment after it starts
+                if time.monotonic() > deadline:
+                    raise
+
+    def follow(self, seconds: float) -> None:
+        """Collect STATE telemetry for `seconds`."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                self._receive()
+            except TimeoutError:
+                return
 
 
-def _wait_ready(node: subprocess.Popen[str]) -> None:
-    if node.stdout is None:
-        raise RuntimeError("the echo service's output is not captured")
-    deadline = time.monotonic() + _START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        line = node.stdout.readline()
-        if "listening" in line:
-            return
-        if not line and node.poll() is not None:
-            break
-    raise RuntimeError("the MicroPython echo service did not start")
+def _setpoint(state: list[Any], channel: int) -> int:
+    base = 2 + 6 + len(messages.STATE_COUNTERS) + 5 * channel
+    return int(state[base + 1])
 
 
 def run() -> int:
-    print("servomesh demo, foundation stage: the wire protocol between CPython and MicroPython.")
-    print("(The orchestrator, simulated servo nodes and the dashboard replace this as they land.)")
-    key = secrets.token_bytes(32)
-    port = _free_udp_port()
-    with tempfile.TemporaryDirectory() as folder:
-        key_file = Path(folder) / "node.key"
-        key_file.touch(mode=0o600)
-        key_file.write_text(key.hex())
-        node = subprocess.Popen(
-            upy.command("-m", "servomesh.firmware.echo", str(port), str(key_file)),
-            env=upy.environment(),
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            _wait_ready(node)
-            print("MicroPython node: udp://127.0.0.1:%d (pid %d)\n" % (port, node.pid))
-            _exchange(port, key)
-        finally:
-            node.terminate()
-            node.wait(timeout=5)
-    return 0
-
-
-def _exchange(port: int, key: bytes) -> None:
-    sender = datagram.Sender(_HOST_SENDER_ID, key, _KEY_ID, counter=time.time_ns() // 10_000)
-    receiver = datagram.Receiver({_KEY_ID: key})
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(_REPLY_TIMEOUT_S)
-        address = ("127.0.0.1", port)
-
-        def request(label: str, packet: bytes) -> None:
-            sock.sendto(packet, address)
-            try:
-                _, body = receiver.open(sock.recv(datagram.MAX_DATAGRAM))
-            except TimeoutError:
-                print("%-26s %3d B -> no answer (rejected by the node)" % (label, len(packet)))
-                return
-            reply = codec.decode(body)
-            print("%-26s %3d B -> %s %s" % (label, len(packet), reply.name, reply.named()))
-
-        hello = sender.seal(codec.encode(messages.HELLO, 1, messages.PROTOCOL_VERSION))
-        request("HELLO", hello)
-        request("PING", sender.seal(codec.encode(messages.PING, 2)))
-        set_body = codec.encode(messages.SET, 300, 2, 1500, 400)
-        set_packet = sender.seal(set_body)
-        request("SET ch2 1500us 400ms", set_packet)
-        tampered = bytearray(sender.seal(codec.encode(messages.SET, 301, 2, 2400, 400)))
-        tampered[-15] ^= 0x01  # flip one bit of the body
-        request("SET, tampered", bytes(tampered))
-        request("SET, replayed", set_packet)
-        request("SET, unknown kind 30", sender.seal(cbor2.dumps([30, 302])))
-        request("HELLO (counters)", sender.seal(codec.encode(messages.HELLO, 3, 1)))
+    print("servomesh demo: the node firmware on three simulated boards (MicroPython unix port).")
+    print("(The orchestrator, HTTP API and dashboard take this command's place as they land.)\n")
+    with Simulator(nodes=3, serial=1) as sim:
+        sim.wait_all_running(_READY_TIMEOUT_S)
+        nodes = [_Node(board) for board in sim.boards]
+        for node in nodes:
+            info = node.hello()
+            links = node.board.udp_url + (
+                "  " + node.board.serial_url if node.board.serial_url else ""
+            )
+            print(
+                "%-6s %s, firmware %s, %d channels, boot id %d  %s"
+                % (
+                    info["node_id"],
+                    info["board"],
+                    info["firmware"],
+                    info["channels"],
+                    info["boot_id"],
+                    links,
+                )
+            )
+        print("\nMOVE channel 0 on every board to 2000 us in %d ms, one start for all:" % _MOVE_MS)
+        for node in nodes:
+            node.request(messages.TELEMETRY, 20)
+            node.request(messages.SET, 0, 1000, 0)  # from a known place (a released servo jumps)
+        time.sleep(0.05)  # a tick or two: the servos are there
+        start = ((time.monotonic_ns() // 1000) + _START_AHEAD_US) & (messages.TICKS_PERIOD - 1)
+        for node in nodes:
+            reply = node.request(messages.MOVE, _MOVE_MS, start, 1, 0, 2000)
+            print("  %s -> %s %s" % (node.board.node_id, reply.name, reply.named()))
+        time.sleep((_START_AHEAD_US / 1e6) + _MOVE_MS / 1000 + 0.2)
+        for node in nodes:
+            node.follow(0.1)
+            moved = [
+                (int((s[2] - start) % messages.TICKS_PERIOD) // 1000, _setpoint(s, 0))
+                for s in node.states
+                if (s[2] - start) % messages.TICKS_PERIOD < 2_000_000
+            ]
+            samples = ", ".join(
+                "%d ms: %d" % sample for sample in moved[:: max(1, len(moved) // 6)]
+            )
+            print("  %s channel 0 after the start: %s" % (node.board.node_id, samples))
+        first = nodes[0]
+        forged = bytearray(first.sender.seal(codec.encode(messages.SET, 999, 0, 1500, 0)))
+        forged[-1] ^= 1
+        first.sock.send(bytes(forged))
+        replayed = first.sender.seal(codec.encode(messages.SET, 998, 0, 1500, 0), first.boot_id)
+        first.sock.send(replayed)
+        first.reply(998)
+        first.sock.send(replayed)
+        counters = first.request(messages.HELLO, messages.PROTOCOL_VERSION).fields[0]["counters"]
         print(
-            "\nSET on the wire: %d B CBOR body, %d B serial frame, %d B signed datagram"
-            % (len(set_body), len(stream.encode_frame(set_body)), len(set_packet))
+            "\nA forged and a replayed SET to %s: refused and counted: auth_failed %d, "
+            "replayed %d" % (first.board.node_id, counters["auth_failed"], counters["replayed"])
         )
+        reply = first.request(messages.STOP, messages.STOP_HOLD)
+        refused = first.request(messages.SET, 0, 1500, 0)
+        print(
+            "STOP -> %s; then SET -> %s %s"
+            % (reply.name, refused.name, messages.ERROR_NAMES[refused.fields[0]])
+        )
+        print(
+            "CLEAR -> %s (nothing moves until the next command)"
+            % first.request(messages.CLEAR).name
+        )
+        for node in nodes:
+            node.sock.close()
+    print("\nAll boards stopped.")
+    return 0
 
 
 if __name__ == "__main__":

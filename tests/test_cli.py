@@ -65,16 +65,25 @@ def test_upy_without_interpreter_says_what_to_do(
         upy.interpreter()
 
 
-def test_demo_runs_the_protocol_end_to_end(tmp_path: Path) -> None:
+def test_demo_runs_real_nodes_end_to_end(tmp_path: Path) -> None:
     result = run("demo", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert any(line.startswith("HELLO") and "INFO" in line for line in lines)
-    assert any(line.startswith("SET ch2") and "ACK" in line for line in lines)
-    assert sum("rejected by the node" in line for line in lines) == 2
-    assert "'bad_tag': 1" in result.stdout
-    assert "'replay': 1" in result.stdout
-    assert "12 B CBOR body" in result.stdout
+    boards = [line for line in lines if line.startswith("sim-") and "firmware 0.1.0" in line]
+    assert len(boards) == 3
+    assert sum("serial:///dev/pts/" in line for line in boards) == 1
+    assert sum("-> ACK {'result': 600}" in line for line in lines) == 3
+    motion = [line for line in lines if "channel 0 after the start:" in line]
+    assert len(motion) == 3
+    for line in motion:  # each board starts at 1000 us and ends at 2000 us
+        samples = [int(item.split(": ")[-1]) for item in line.split(", ")]
+        assert 1000 <= samples[0] < 1100  # sampled within a few ms of the start
+        assert samples[-1] == 2000
+        assert samples == sorted(samples)
+        assert any(1000 < sample < 2000 for sample in samples)  # it moved, not jumped
+    assert "auth_failed 1, replayed 1" in result.stdout
+    assert "SET -> ERROR stopped" in result.stdout
+    assert lines[-1] == "All boards stopped."
 
 
 def test_wheel_carries_the_device_tree(tmp_path: Path) -> None:
