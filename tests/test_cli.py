@@ -95,6 +95,6 @@ def test_wheel_carries_the_device_tree(tmp_path: Path) -> None:
     )
     (wheel,) = tmp_path.glob("servomesh-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for module in ("protocol/cbor.py", "protocol/cbor_viper.py", "firmware/echo.py", "host/cli.py"):
+    for module in ("protocol/cbor.py", "protocol/cbor_viper.py", "firmware/node.py", "host/cli.py"):
         assert "servomesh/" + module in names
     assert not any(name.startswith(("tests/", "tools/")) for name in names)
