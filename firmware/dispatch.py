@@ -205,6 +205,8 @@ class Dispatcher:
         return len(self.out)
 
     def _cached(self, peer, seq, kind):
+        if seq not in self._cache_seq:  # a scan in C: most requests are new
+            return -1
         now_ms = time.ticks_ms()
         for slot in range(CACHE_SIZE):
             if (
