@@ -4,6 +4,7 @@ Replies are matched to requests by seq; STATE and LOG events that arrive meanwhi
 `events`. Every wait has a timeout.
 """
 
+import abc
 import os
 import select
 import socket
@@ -21,7 +22,7 @@ class NoReplyError(TimeoutError):
     """The node did not answer in time."""
 
 
-class Client:
+class Client(abc.ABC):
     """What both links share: seq numbering, reply matching, event collection."""
 
     def __init__(self, timeout_s: float) -> None:
@@ -69,11 +70,13 @@ class Client:
             for body in self.receive_bodies(min(0.05, deadline - time.monotonic())):
                 self.events.append(cbor.loads(body))
 
+    @abc.abstractmethod
     def send_body(self, body: bytes, kind: int | None = None) -> None:
-        raise NotImplementedError  # each link sends its own way
+        """Send one message body the link's way."""
 
+    @abc.abstractmethod
     def receive_bodies(self, timeout_s: float) -> list[bytes]:
-        raise NotImplementedError
+        """The message bodies that arrive within `timeout_s`."""
 
 
 class UdpClient(Client):
