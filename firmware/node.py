@@ -67,7 +67,6 @@ class Node:
         self._state_buf = bytearray(8 + 5 * messages.MAX_FIELDS)
         self._late_max_us = 0
         self.late_histogram = [0] * _LATE_BUCKETS
-        self.ticks = 0
         self._last_tick_ms = time.ticks_ms()
 
     def _start_hardware(self, settings):
@@ -321,7 +320,6 @@ class Node:
                 if not self._hardware_failing:
                     self._hardware_failing = True
                     self.log(messages.LOG_ERROR, messages.LOG_HARDWARE_ERROR)
-            self.ticks += 1
             self._last_tick_ms = now_ms
 
     def _overrun(self, late_us):

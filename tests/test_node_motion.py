@@ -78,8 +78,8 @@ def test_speed_and_acceleration_limits_hold_within_one_tick(arm: UdpClient) -> N
     for (t0, p0), (t1, p1) in itertools.pairwise(samples):
         dt_us = ticks_diff(t1, t0)
         assert dt_us > 0
-        # Telemetry samples fall between ticks: allow one tick's worth of motion plus rounding.
-        assert abs(p1 - p0) <= SPEED * (dt_us + PERIOD_US) / 1e6 + 1
+        # Telemetry samples fall between ticks: allow one (possibly late) tick's worth of motion.
+        assert abs(p1 - p0) <= SPEED * (dt_us + PERIOD_US + late_us) / 1e6 + 1
         speeds.append((p1 - p0) / dt_us * 1e6)
     assert max(speeds) > 0.8 * SPEED  # it did cruise near the limit
     # Acceleration: from rest, distance covered by time t is at most a*t²/2 (a tick late at
