@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 import cbor2
 
-from servomesh.protocol import messages
+from servomesh.protocol import catalogue, messages
 from servomesh.protocol.cbor import MAX_DEPTH, MAX_ITEMS, MAX_STRING_BYTES, DecodeError
 
 _UINT_LIMIT = 1 << 64
@@ -61,11 +61,11 @@ class Message:
 
     @property
     def name(self) -> str:
-        return str(messages.KINDS[self.kind][0])
+        return str(catalogue.KINDS[self.kind][0])
 
     def named(self) -> dict[str, Any]:
         """Fields by catalogue name; repeated groups as a list of dicts under "items"."""
-        _, required, optional, group = messages.KINDS[self.kind]
+        _, required, optional, group = catalogue.KINDS[self.kind]
         fixed = (*required, *optional)
         result: dict[str, Any] = dict.fromkeys(optional, 0)
         count = len(required) if group else len(self.fields)
@@ -136,7 +136,7 @@ def decode(body: bytes) -> Message:
         raise MessageError(messages.E_MALFORMED, "a message is a CBOR array")
     code = messages.check(value, len(value))
     if code:
-        raise MessageError(code, "not a valid message: %s" % messages.ERROR_NAMES[code])
+        raise MessageError(code, "not a valid message: %s" % catalogue.ERROR_NAMES[code])
     return Message(value[0], value[1], tuple(value[2:]))
 
 
@@ -146,7 +146,7 @@ def encode(kind: int, seq: int, *fields: Any) -> bytes:
     values: Sequence[Any] = [kind, seq, *fields]
     code = messages.check(values, len(values))
     if code:
-        raise ValueError("not a valid message: %s" % messages.ERROR_NAMES[code])
+        raise ValueError("not a valid message: %s" % catalogue.ERROR_NAMES[code])
     try:
         _check_subset(values, 0)
     except DecodeError as error:

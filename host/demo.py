@@ -14,7 +14,7 @@ from typing import Any
 
 from servomesh.host import codec
 from servomesh.host.sim import Board, Simulator
-from servomesh.protocol import datagram, messages
+from servomesh.protocol import catalogue, datagram, messages
 
 _REPLY_TIMEOUT_S = 1.0
 _READY_TIMEOUT_S = 10.0
@@ -143,7 +143,7 @@ def run() -> int:
         refused = first.request(messages.SET, 0, 1500, 0)
         print(
             "STOP -> %s; then SET -> %s %s"
-            % (reply.name, refused.name, messages.ERROR_NAMES[refused.fields[0]])
+            % (reply.name, refused.name, catalogue.ERROR_NAMES[refused.fields[0]])
         )
         print(
             "CLEAR -> %s (nothing moves until the next command)"

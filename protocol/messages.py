@@ -82,23 +82,6 @@ E_BUSY = const(12)
 E_INTERNAL = const(13)
 E_UNBOUND = const(14)  # over UDP, a request that changes state must be BOUND (datagram.py)
 
-ERROR_NAMES = {
-    E_MALFORMED: "malformed",
-    E_UNKNOWN_KIND: "unknown_kind",
-    E_BAD_FIELDS: "bad_fields",
-    E_BAD_CHANNEL: "bad_channel",
-    E_OUT_OF_LIMITS: "out_of_limits",
-    E_STOPPED: "stopped",
-    E_QUEUE_FULL: "queue_full",
-    E_UNCONFIGURED: "unconfigured",
-    E_BAD_CONFIG: "bad_config",
-    E_LATE: "late",
-    E_VERSION: "version",
-    E_BUSY: "busy",
-    E_INTERNAL: "internal",
-    E_UNBOUND: "unbound",
-}
-
 # Counters a node reports in every STATE, by reason, in this order (totals since boot).
 STATE_COUNTERS = (
     "frames_dropped",  # serial frames with a bad CRC, escape or length, or truncated
@@ -124,20 +107,6 @@ LOG_CONFIG_SAVED = const(9)
 LOG_HARDWARE_ERROR = const(10)  # a servo write failed (I2C); once until a tick succeeds
 LOG_WIFI = const(11)  # args: 1 joined / 0 lost, connection attempts so far
 
-LOG_NAMES = {
-    LOG_BOOT: "boot",
-    LOG_CONFIG_INVALID: "config_invalid",
-    LOG_LINK_LOST: "link_lost",
-    LOG_LINK_RESTORED: "link_restored",
-    LOG_STOPPED: "stopped",
-    LOG_CLEARED: "cleared",
-    LOG_LOOP_OVERRUN: "loop_overrun",
-    LOG_REBOOTING: "rebooting",
-    LOG_CONFIG_SAVED: "config_saved",
-    LOG_HARDWARE_ERROR: "hardware_error",
-    LOG_WIFI: "wifi",
-}
-
 # CONFIG and CONFIG_SET carry the node config as one map. Its "channels" travel as arrays of
 # these fields, in this order, with failsafe as an index into FAILSAFES: a 16-channel config
 # then fits one body (as maps it would not).
@@ -155,9 +124,10 @@ FAILSAFES = ("hold", "home", "release")
 # Reset causes as INFO reports them (and LOG_BOOT's first arg).
 RESET_CAUSES = ("power_on", "soft", "watchdog", "hard", "deep_sleep", "unknown")
 
-# Field layouts, after [kind, seq]: (name, required fields, optional trailing fields, repeated
-# group). Fields are integers unless their name ends in "_map" (a CBOR map). An optional field
-# that is absent reads as 0; a repeated group follows the fixed fields zero or more times.
+# Field layouts, after [kind, seq]: per kind, how many required fields, optional trailing
+# fields and fields in a repeated group it has (their names are in catalogue.py, which a node
+# never loads: every name a board imports costs heap). An optional field that is absent reads
+# as 0; a repeated group follows the fixed fields zero or more times.
 # Zero means "none" or "default" wherever a field allows it: trace 0 is no trace,
 # speed_us_per_s 0 the channel's configured speed, duration_ms 0 "as fast as the limits allow",
 # period_ms 0 telemetry off, start_ticks_us 0 "at once" (a host that means tick 0 sends 1).
@@ -166,45 +136,40 @@ RESET_CAUSES = ("power_on", "soft", "watchdog", "hard", "deep_sleep", "unknown")
 # `MAX_FIELDS` bounds a whole message; a node keeps a values buffer of that size.
 MAX_FIELDS = const(96)
 
-KINDS = {
-    HELLO: ("HELLO", ("protocol_version",), (), ()),
-    PING: ("PING", (), (), ()),
-    SET: ("SET", ("channel", "pulse_us", "duration_ms"), ("speed_us_per_s", "trace"), ()),
-    MOVE: ("MOVE", ("duration_ms", "start_ticks_us", "trace"), (), ("channel", "pulse_us")),
-    SEGMENT: (
-        "SEGMENT",
-        ("start_ticks_us", "duration_ms", "easing", "trace"),
-        (),
-        ("channel", "pulse_us"),
-    ),
-    STOP: ("STOP", ("mode",), ("trace",), ()),
-    CLEAR: ("CLEAR", (), ("trace",), ()),
-    CONFIG_GET: ("CONFIG_GET", (), (), ()),
-    CONFIG_SET: ("CONFIG_SET", ("config_map",), (), ()),
-    TELEMETRY: ("TELEMETRY", ("period_ms",), ("link",), ()),
-    REBOOT: ("REBOOT", ("delay_ms",), (), ()),
-    DISCOVER: ("DISCOVER", (), (), ()),
-    ACK: ("ACK", (), ("result",), ()),
-    ERROR: ("ERROR", ("code",), ("detail",), ()),
-    INFO: ("INFO", ("info_map",), (), ()),
-    PONG: ("PONG", ("node_ticks_us",), (), ()),
-    CONFIG: ("CONFIG", ("config_map",), (), ()),
-    STATE: (
-        "STATE",
-        (
-            "node_ticks_us",
-            "flags",
-            "trace",
-            "loop_period_us",
-            "loop_late_max_us",
-            "free_heap_bytes",
-        )
-        + STATE_COUNTERS,
-        (),
-        ("channel", "setpoint_us", "position_us", "target_us", "channel_flags"),
-    ),
-    LOG: ("LOG", ("level", "code"), (), ("arg",)),
-}
+# SHAPES[3 * kind] is 1 + the required count (0: no such kind), then the optional count and
+# the group width. Filled once at import; the loop's code is freed with the module's.
+SHAPES = bytearray(3 * (LOG + 1))
+for _kind, _required, _optional, _group in (
+    (HELLO, 1, 0, 0),
+    (PING, 0, 0, 0),
+    (SET, 3, 2, 0),
+    (MOVE, 3, 0, 2),
+    (SEGMENT, 4, 0, 2),
+    (STOP, 1, 1, 0),
+    (CLEAR, 0, 1, 0),
+    (CONFIG_GET, 0, 0, 0),
+    (CONFIG_SET, 1, 0, 0),
+    (TELEMETRY, 1, 1, 0),
+    (REBOOT, 1, 0, 0),
+    (DISCOVER, 0, 0, 0),
+    (ACK, 0, 1, 0),
+    (ERROR, 1, 1, 0),
+    (INFO, 1, 0, 0),
+    (PONG, 1, 0, 0),
+    (CONFIG, 1, 0, 0),
+    (STATE, 14, 0, 5),
+    (LOG, 2, 0, 1),
+):
+    SHAPES[3 * _kind] = 1 + _required
+    SHAPES[3 * _kind + 1] = _optional
+    SHAPES[3 * _kind + 2] = _group
+del _kind, _required, _optional, _group
+
+
+def known(kind):
+    """Whether `kind` (any value) is a kind of the catalogue."""
+    return type(kind) is int and 0 <= kind <= LOG and SHAPES[3 * kind] != 0
+
 
 # STATE: setpoint_us is what the motion engine commands now, position_us what the hardware
 # reports (the simulation's modelled position; a board's last written pulse; 0 when released),
@@ -232,18 +197,17 @@ def check(values, count):
     if count < 2 or count > MAX_FIELDS:
         return E_MALFORMED
     kind = values[0]
-    spec = KINDS.get(kind) if isinstance(kind, int) and not isinstance(kind, bool) else None
-    if spec is None:
+    if not known(kind):
         return E_UNKNOWN_KIND
     fields = count - 2
-    required = len(spec[1])
-    group = len(spec[3])
+    required = SHAPES[3 * kind] - 1
+    group = SHAPES[3 * kind + 2]
     if fields < required:
         return E_BAD_FIELDS
     if group:
         if (fields - required) % group:
             return E_BAD_FIELDS
-    elif fields > required + len(spec[2]):
+    elif fields > required + SHAPES[3 * kind + 1]:
         return E_BAD_FIELDS
     map_index = 2 if kind in MAP_KINDS else -1
     for i in range(1, count):

@@ -8,7 +8,7 @@ from conftest import load_golden
 from tagged import from_json, same
 
 from servomesh.host import codec
-from servomesh.protocol import cbor, datagram, messages, stream
+from servomesh.protocol import catalogue, cbor, datagram, messages, stream
 
 GOLDEN = load_golden()
 
@@ -45,7 +45,7 @@ def test_message_vector(vector: dict[str, Any]) -> None:
     assert codec.encode(*value) == raw
     message = codec.decode(raw)
     assert [message.kind, message.seq, *message.fields] == value
-    assert message.name == messages.KINDS[value[0]][0]
+    assert message.name == catalogue.KINDS[value[0]][0]
     assert cbor.dumps(value) == raw
 
 
@@ -70,4 +70,23 @@ def test_datagram_vector(vector: dict[str, Any]) -> None:
 
 def test_every_kind_has_a_vector() -> None:
     kinds = {from_json(vector["value"])[0] for vector in GOLDEN["messages"]}
-    assert kinds == set(messages.KINDS)
+    assert kinds == set(catalogue.KINDS)
+
+
+def test_the_catalogue_names_exactly_the_shapes_a_node_checks() -> None:
+    for kind in range(256):
+        spec = catalogue.KINDS.get(kind)
+        assert messages.known(kind) == (spec is not None), kind
+        if spec is not None:
+            _, required, optional, group = spec
+            shape = messages.SHAPES[3 * kind : 3 * kind + 3]
+            assert tuple(shape) == (1 + len(required), len(optional), len(group)), spec[0]
+    assert set(catalogue.ERROR_NAMES) == {
+        value for name, value in vars(messages).items() if name.startswith("E_")
+    }
+    assert set(catalogue.LOG_NAMES) == {
+        value
+        for name, value in vars(messages).items()
+        if name.startswith("LOG_")
+        and name not in ("LOG_DEBUG", "LOG_INFO", "LOG_WARNING", "LOG_ERROR")
+    }

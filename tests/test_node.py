@@ -9,7 +9,7 @@ from nodeclient import Client, NoReplyError, SerialClient, UdpClient
 from nodetest import channel, info, serial_client, udp_client, wait_ready
 
 from servomesh.host.sim import Simulator
-from servomesh.protocol import cbor, messages, stream
+from servomesh.protocol import catalogue, cbor, messages, stream
 
 E = messages
 
@@ -45,7 +45,7 @@ def test_hello_reports_identity(client: Client, sim: Simulator) -> None:
     assert identity["configured"] is True
     assert identity["reset_cause"] == "power_on"
     assert 0 <= identity["boot_id"] < 2**30
-    assert set(identity["kinds"]) == {k for k in E.KINDS if k < E.ACK}
+    assert set(identity["kinds"]) == {k for k in catalogue.KINDS if k < E.ACK}
 
 
 def test_wrong_protocol_version_is_refused(client: Client) -> None:
