@@ -8,9 +8,10 @@ node that still answers HELLO, PING, DISCOVER, CONFIG_GET/CONFIG_SET and REBOOT,
 import asyncio
 import gc
 import os
+import sys
 import time
 
-from servomesh.firmware import VERSION, clock, config, links, watchdog
+from servomesh.firmware import VERSION, clock, links, watchdog
 from servomesh.firmware.dispatch import Dispatcher
 from servomesh.protocol import cbor, datagram, messages
 from servomesh.protocol.compat import const
@@ -33,9 +34,26 @@ _FIXED_STATE_FIELDS = const(16)  # [STATE, seq, 6 node fields, 8 counters]
 _CHANNEL_FIELDS = const(5)
 
 
+def _config():
+    """The config module, loaded for boot, CONFIG_GET and CONFIG_SET only: resident, its code
+    and strings would take more heap than the motion engine (see `_drop_config`)."""
+    from servomesh.firmware import config
+
+    return config
+
+
+def _drop_config():
+    # A module lives while sys.modules or its package names it.
+    sys.modules.pop("servomesh.firmware.config", None)
+    package = sys.modules.get("servomesh.firmware")
+    if package is not None and "config" in package.__dict__:
+        delattr(package, "config")
+
+
 class Node:
     def __init__(self, settings, config_error, reset_cause, boot_count):
-        self.config = settings
+        # The public copy, secrets hidden: links keep the key; CONFIG_SET reads the file.
+        self.config = _config().public(settings) if settings is not None else None
         self.config_error = config_error
         self.reset_cause = reset_cause
         self.boot_count = boot_count
@@ -45,7 +63,12 @@ class Node:
         self.motion = None
         self.period_us = 10000
         self._link_timeout_ms = settings["link_timeout_ms"] if settings else 0
+        self._key = None
+        self._wifi = None  # (ssid, password)
         if settings is not None:
+            self._key = _config().key_bytes(settings)
+            if "wifi" in settings:
+                self._wifi = (settings["wifi"]["ssid"], settings["wifi"]["password"])
             self._start_hardware(settings)
         self.dispatcher = Dispatcher(self)
         self.serial = None
@@ -75,7 +98,7 @@ class Node:
 
         try:
             self.servos = servos.make_servos(settings)
-        except (config.ConfigError, OSError) as error:
+        except (_config().ConfigError, OSError) as error:
             self.config_error = "hardware: %s" % error
             self.config = None
             return
@@ -112,7 +135,7 @@ class Node:
             "firmware": VERSION,
             "board": settings["board"] if settings else None,
             "channels": len(settings["channels"]) if settings else 0,
-            "kinds": sorted(k for k in messages.KINDS if k < messages.ACK),
+            "kinds": [k for k in range(messages.ACK) if messages.known(k)],
             "boot_id": self.boot_id,
             "boot_count": self.boot_count,
             "reset_cause": self.reset_cause,
@@ -130,13 +153,23 @@ class Node:
         return info
 
     def public_config(self):
-        return config.to_wire(self.config) if self.config else {}
+        if not self.config:
+            return {}
+        wire = _config().to_wire(self.config)
+        _drop_config()
+        return wire
 
     def configure(self, new, link):
         """CONFIG_SET: validate, persist, reboot to apply. Secrets travel only over serial."""
         try:
+            return self._configure(_config(), new, link)
+        finally:
+            _drop_config()
+
+    def _configure(self, config, new, link):
+        try:
             new = config.from_wire(new)
-            current = self.config or {}
+            current = config.load()[0] or {}  # the file: it holds the secrets to keep
             wifi = new.get("wifi")
             password = wifi.get("password") if isinstance(wifi, dict) else None
             sent_secret = new.get("key") not in (None, config.HIDDEN) or password not in (
@@ -160,7 +193,7 @@ class Node:
             self.config_error = "CONFIG_SET refused: %s" % error
             self.log(messages.LOG_WARNING, messages.LOG_CONFIG_INVALID)
             return messages.E_BAD_CONFIG
-        if self.config is not None and checked == self.config:
+        if current and checked == current:
             return 0  # nothing changes: no reboot (a host may re-push after every reboot)
         try:
             config.save(checked)
@@ -382,7 +415,7 @@ class Node:
         if settings is None or settings["serial"]:
             self.serial = links.SerialLink(self)
         if settings is not None:
-            key = config.key_bytes(settings)
+            key = self._key
             keys = {settings["key_id"]: key} if key else {}
             receiver = datagram.Receiver(
                 keys, allow_unsigned=not key and settings["allow_unsigned"], boot_id=self.boot_id
@@ -393,11 +426,10 @@ class Node:
             self.udp = links.UdpLink(
                 self, settings["udp_host"], settings["udp_port"], receiver, sender
             )
-        if settings is not None and "wifi" in settings:
+        if self._wifi is not None:
             from servomesh.firmware.wifi import Station
 
-            wifi = settings["wifi"]
-            self.wifi = Station(wifi["ssid"], wifi["password"], self.log)
+            self.wifi = Station(self._wifi[0], self._wifi[1], self.log)
         dog = watchdog.Watchdog(_WATCHDOG_MS)
         tasks = [
             asyncio.create_task(self.safety_loop(dog)),
@@ -434,8 +466,10 @@ def _next_boot_count():
 
 
 def main():
-    settings, error = config.load()
+    settings, error = _config().load()
     node = Node(settings, error, watchdog.reset_cause(), _next_boot_count())
+    del settings
+    _drop_config()
     # Collect early and often: each datagram leaves some garbage, and on a small heap a full
     # one fragments until a 1 KiB receive buffer no longer fits.
     gc.collect()

@@ -23,13 +23,6 @@ Drivers take their `machine` classes or objects as arguments: the unix port's bu
 
 import time
 
-from servomesh.firmware.config import (
-    SIM_SLEW_MAX_US_PER_S,
-    SIM_SLEW_US_PER_S,
-    ConfigError,
-    check_pins,
-    unsupported_board,
-)
 from servomesh.protocol.compat import const
 
 SERVO_FREQ_HZ = const(50)
@@ -101,9 +94,11 @@ class PwmServos(_Servos):
     """
 
     def __init__(self, channels, board, pwm, pin):
+        from servomesh.firmware import config
+
         if board != "esp32" and board != "rp2040":
-            raise ConfigError("PwmServos drives esp32 or rp2040, not %r" % (board,))
-        check_pins(board, channels)
+            raise config.ConfigError("PwmServos drives esp32 or rp2040, not %r" % (board,))
+        config.check_pins(board, channels)
         super().__init__(channels)
         self._pwms = []
         for index in range(len(channels)):
@@ -115,7 +110,9 @@ class PwmServos(_Servos):
             # duty_ns (MicroPython before about 1.20 on rp2)
             except (ValueError, TypeError, OSError) as error:
                 self.deinit()
-                raise ConfigError("channels[%d].pin: GPIO %d: %s" % (index, gpio, error)) from None
+                raise config.ConfigError(
+                    "channels[%d].pin: GPIO %d: %s" % (index, gpio, error)
+                ) from None
 
     def write_us(self, channel, pulse_us):
         pulse_us = self._limited(channel, pulse_us)
@@ -145,7 +142,9 @@ class Pca9685Servos(_Servos):
     """
 
     def __init__(self, channels, i2c, address=0x40):
-        check_pins("pca9685", channels)
+        from servomesh.firmware import config
+
+        config.check_pins("pca9685", channels)
         super().__init__(channels)
         self._i2c = i2c
         self._address = address
@@ -161,7 +160,7 @@ class Pca9685Servos(_Servos):
         try:
             i2c.readfrom_mem(address, _MODE1, 1)
         except OSError:
-            raise ConfigError("no PCA9685 at I2C address 0x%02x" % address) from None
+            raise config.ConfigError("no PCA9685 at I2C address 0x%02x" % address) from None
         try:
             for register, value in (
                 (_ALL_LED_OFF_H, _FULL_OFF),  # released first: it may still pulse from before
@@ -172,7 +171,7 @@ class Pca9685Servos(_Servos):
             ):
                 i2c.writeto(address, bytes((register, value)))
         except OSError as error:
-            raise ConfigError(
+            raise config.ConfigError(
                 "PCA9685 at I2C address 0x%02x failed during setup: %s" % (address, error)
             ) from None
         time.sleep_us(_PCA9685_WAKE_US)
@@ -209,12 +208,15 @@ class SimServos(_Servos):
     home_us. Integer arithmetic only; write_us and tick allocate nothing.
     """
 
-    def __init__(self, channels, slew_us_per_s=SIM_SLEW_US_PER_S):
-        check_pins("sim", channels)
-        if type(slew_us_per_s) is not int or not 1 <= slew_us_per_s <= SIM_SLEW_MAX_US_PER_S:
-            raise ConfigError(
-                "sim_slew_us_per_s: must be an integer from 1 to %d" % SIM_SLEW_MAX_US_PER_S
-            )
+    def __init__(self, channels, slew_us_per_s=None):
+        from servomesh.firmware import config
+
+        config.check_pins("sim", channels)
+        if slew_us_per_s is None:
+            slew_us_per_s = config.SIM_SLEW_US_PER_S
+        high = config.SIM_SLEW_MAX_US_PER_S
+        if type(slew_us_per_s) is not int or not 1 <= slew_us_per_s <= high:
+            raise config.ConfigError("sim_slew_us_per_s: must be an integer from 1 to %d" % high)
         super().__init__(channels)
         self.slew_us_per_s = slew_us_per_s
         self._target_us = [0] * self.channel_count
@@ -269,38 +271,40 @@ class SimServos(_Servos):
                 self._pulse_us[channel] = position
 
 
-def make_servos(config, machine=None):
+def make_servos(settings, machine=None):
     """The driver for a validated config's board.
 
     `machine` is the machine module, imported here only for a real board; tests pass a fake.
     Raises ConfigError for an unsupported board, a bad pin, a port without the board's
     hardware classes, or an I2C bus or PCA9685 that does not answer.
     """
-    board = config["board"]
-    channels = config["channels"]
+    from servomesh.firmware import config
+
+    board = settings["board"]
+    channels = settings["channels"]
     if board == "sim":
-        return SimServos(channels, config.get("sim_slew_us_per_s", SIM_SLEW_US_PER_S))
+        return SimServos(channels, settings.get("sim_slew_us_per_s"))
     if board not in ("esp32", "rp2040", "pca9685"):
-        raise unsupported_board(board)
-    check_pins(board, channels)  # before any hardware is touched
+        raise config.unsupported_board(board)
+    config.check_pins(board, channels)  # before any hardware is touched
     if machine is None:
         import machine
     name = "I2C" if board == "pca9685" else "PWM"
     if not hasattr(machine, name):
-        raise ConfigError(
+        raise config.ConfigError(
             "board %r needs machine.%s, which this port does not have: use board 'sim'"
             % (board, name)
         )
     if board != "pca9685":
         return PwmServos(channels, board, machine.PWM, machine.Pin)
-    settings = config["i2c"]
+    bus = settings["i2c"]
     try:
         i2c = machine.I2C(
-            settings["bus"],
-            sda=machine.Pin(settings["sda"]),
-            scl=machine.Pin(settings["scl"]),
-            freq=settings["freq_hz"],
+            bus["bus"],
+            sda=machine.Pin(bus["sda"]),
+            scl=machine.Pin(bus["scl"]),
+            freq=bus["freq_hz"],
         )
     except (ValueError, OSError) as error:  # e.g. pins the bus cannot use
-        raise ConfigError("i2c: %s" % error) from None
-    return Pca9685Servos(channels, i2c, settings["address"])
+        raise config.ConfigError("i2c: %s" % error) from None
+    return Pca9685Servos(channels, i2c, bus["address"])

@@ -4,7 +4,7 @@ from expect import raises
 from fakes import FakeI2C, FakeMachine, FakePin, FakePWM, PwmOnly
 from heap_checks import locked
 
-from servomesh.firmware import servos
+from servomesh.firmware import config, servos
 from servomesh.firmware.config import ConfigError, validate
 from servomesh.firmware.servos import Pca9685Servos, PwmServos, SimServos, make_servos
 
@@ -321,7 +321,7 @@ def _config(board, *pins, **extra):
 def test_make_servos_sim_and_pwm_boards():
     drive = make_servos(_config("sim", 0, 1, sim_slew_us_per_s=2000))
     assert isinstance(drive, SimServos) and drive.slew_us_per_s == 2000
-    assert make_servos(_config("sim", 0)).slew_us_per_s == servos.SIM_SLEW_US_PER_S
+    assert make_servos(_config("sim", 0)).slew_us_per_s == config.SIM_SLEW_US_PER_S
     for board in ("esp32", "rp2040"):
         fake = FakeMachine()
         drive = make_servos(_config(board, 4, 5), fake)
