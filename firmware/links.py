@@ -114,13 +114,14 @@ class UdpLink:
             self.alive = False
 
     def _datagram(self, packet, address):
+        receiver = self.receiver
         try:
-            peer, body = self.receiver.open(packet)
+            end = receiver.accept(packet)
         except datagram.DatagramError:
             return  # counted by the receiver; an unauthenticated peer gets no answer
         self.address = address  # before dispatching: events it causes go to this host
         dispatcher = self.node.dispatcher
-        size = dispatcher.handle(self, peer, body, 0, len(body))
+        size = dispatcher.handle(self, receiver.sender_id, packet, datagram.HEADER_BYTES, end)
         if size:
             self._sendto(dispatcher.out, size, address)
 

@@ -28,7 +28,7 @@ Windows live in memory: a sender must keep its counter increasing across its own
 import struct
 
 from .compat import const
-from .hmac_sha256 import HmacKey, equal
+from .hmac_sha256 import HmacKey
 from .messages import MAX_BODY_BYTES
 
 MAGIC = b"SM"
@@ -40,7 +40,8 @@ TAG_BYTES = const(12)
 COUNTER_MAX = const(0xFFFFFFFFFFFF)
 WINDOW = const(64)
 MAX_DATAGRAM = HEADER_BYTES + MAX_BODY_BYTES + TAG_BYTES  # 1049: no IP fragmentation
-_WINDOW_MASK = (1 << WINDOW) - 1
+_WINDOW_BYTES = const(8)  # WINDOW bits
+_RING_MASK = const(7)  # _WINDOW_BYTES - 1
 
 REASONS = (
     "malformed",
@@ -108,6 +109,10 @@ class Sender:
         return header + bytes(body) + tag
 
 
+def _mark(ring, counter):
+    ring[(counter >> 3) & _RING_MASK] |= 1 << (counter & 7)
+
+
 class Receiver:
     """Opens datagrams: checks header, tag and replay window; counts rejections by reason.
 
@@ -125,12 +130,13 @@ class Receiver:
             self._keys[key_id] = HmacKey(key)
         self.allow_unsigned = allow_unsigned
         self.max_peers = max_peers
-        self._windows = {}  # (sender << 8 | key id) -> [highest counter, bitmap]
+        self._windows = {}  # (sender << 8 | key id) -> [highest counter's high, low, ring]
         self.rejected = {reason: 0 for reason in REASONS}
         self.accepted = 0
         # Set by open(): whether the datagram just accepted was BOUND to this boot.
         self._boot = _boot_bytes(boot_id) if boot_id is not None else None
         self.bound = False
+        self.sender_id = 0  # of the datagram just accepted
 
     def _rejection(self, reason):
         self.rejected[reason] += 1
@@ -138,17 +144,30 @@ class Receiver:
 
     def open(self, datagram):
         """Return `(sender_id, body)` of an accepted datagram; raise DatagramError otherwise."""
+        end = self.accept(datagram)
+        return self.sender_id, bytes(datagram[HEADER_BYTES:end])
+
+    def accept(self, datagram):
+        """Check `datagram` as `open` does, without copying its body: return where the body
+        ends (it starts at HEADER_BYTES) and leave its sender in `sender_id`."""
         size = len(datagram)
-        if size <= HEADER_BYTES or size > MAX_DATAGRAM or bytes(datagram[0:2]) != MAGIC:
-            raise self._rejection("malformed")
-        version, flags, sender_id, key_id, high, low = struct.unpack_from(">BBHBHI", datagram, 2)
-        if version != HEADER_VERSION:
+        if (
+            size <= HEADER_BYTES
+            or size > MAX_DATAGRAM
+            or datagram[0] != 0x53
+            or datagram[1] != 0x4D
+        ):
+            raise self._rejection("malformed")  # not b"SM"
+        if datagram[2] != HEADER_VERSION:
             raise self._rejection("version")
+        flags = datagram[3]
         if flags & ~(FLAG_SIGNED | FLAG_BOUND) or flags == FLAG_BOUND:
             raise self._rejection("malformed")
         bound = flags & FLAG_BOUND
         if bound and self._boot is None:
             raise self._rejection("malformed")  # only a node, which has a boot id, takes BOUND
+        sender_id = datagram[4] << 8 | datagram[5]
+        key_id = datagram[6]
         self.bound = False
         if not flags & FLAG_SIGNED:
             if not self.allow_unsigned:
@@ -156,43 +175,66 @@ class Receiver:
             if size - HEADER_BYTES > MAX_BODY_BYTES:
                 raise self._rejection("malformed")
             self.accepted += 1
-            return sender_id, bytes(datagram[HEADER_BYTES:])
+            self.sender_id = sender_id
+            return size
         end = size - TAG_BYTES
         if end <= HEADER_BYTES:
             raise self._rejection("malformed")
         key = self._keys.get(key_id)
         if key is None:
             raise self._rejection("unknown_key")
+        signed = memoryview(datagram)[:end]  # hashed in place, not copied
         if bound:
-            tag = key.digest(self._boot, datagram[:end])[:TAG_BYTES]
+            tag = key.digest(self._boot, signed)
         else:
-            tag = key.digest(datagram[:end])[:TAG_BYTES]
-        if not equal(tag, datagram[end:]):
+            tag = key.digest(signed)
+        diff = 0  # every tag byte compared, whatever differs: no timing to learn it from
+        for i in range(TAG_BYTES):
+            diff |= tag[i] ^ datagram[end + i]
+        if diff:
             raise self._rejection("bad_tag")
-        self._check_window(sender_id << 8 | key_id, high << 32 | low)
+        self._check_window(sender_id << 8 | key_id, datagram)
         self.accepted += 1
-        self.bound = bool(bound)
-        return sender_id, bytes(datagram[HEADER_BYTES:end])
+        self.bound = bound != 0
+        self.sender_id = sender_id
+        return end
 
-    def _check_window(self, peer, counter):
+    def _check_window(self, peer, datagram):
+        # The counter as two small ints (16 + 32 bits would not be one on a 32-bit board);
+        # the window is a ring of WINDOW bits indexed by the counter's low bits.
+        high = datagram[7] << 8 | datagram[8]
+        low = datagram[9] << 24 | datagram[10] << 16 | datagram[11] << 8 | datagram[12]
         window = self._windows.get(peer)
         if window is None:
             if len(self._windows) >= self.max_peers:
                 raise self._rejection("peers")
-            self._windows[peer] = [counter, 1]
+            window = [high, low, bytearray(_WINDOW_BYTES)]
+            self._windows[peer] = window
+            _mark(window[2], low)
             return
-        highest, seen = window
-        if counter > highest:
-            shift = counter - highest
-            window[0] = counter
-            window[1] = ((seen << shift) | 1) & _WINDOW_MASK if shift < WINDOW else 1
+        if high == window[0]:
+            ahead = low - window[1]
+        else:
+            ahead = ((high - window[0]) << 32) + low - window[1]
+        ring = window[2]
+        if ahead > 0:
+            if ahead >= WINDOW:
+                for i in range(_WINDOW_BYTES):
+                    ring[i] = 0
+            else:
+                counter = window[1]
+                for _ in range(ahead):  # forget the counters the window slides past
+                    counter += 1
+                    ring[(counter >> 3) & _RING_MASK] &= ~(1 << (counter & 7))
+            window[0] = high
+            window[1] = low
+            _mark(ring, low)
             return
-        age = highest - counter
-        if age >= WINDOW:
+        if ahead <= -WINDOW:
             raise self._rejection("too_old")
-        if (seen >> age) & 1:
+        if ring[(low >> 3) & _RING_MASK] & (1 << (low & 7)):
             raise self._rejection("replay")
-        window[1] = seen | (1 << age)
+        _mark(ring, low)
 
     def forget(self, sender_id):
         """Drop a sender's replay windows (e.g. when a node is removed from the fleet)."""

@@ -27,13 +27,3 @@ class HmacKey:
         outer = hashlib.sha256(self._outer)
         outer.update(inner.digest())
         return outer.digest()
-
-
-def equal(a, b):
-    """Compare two byte strings in time that depends only on their length."""
-    if len(a) != len(b):
-        return False
-    diff = 0
-    for i in range(len(a)):
-        diff |= a[i] ^ b[i]
-    return diff == 0
