@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Final
 
-from servomesh.host import upy
+from servomesh.host import fleet_config, upy
 from servomesh.host.sim_board import (
     SOFT_RESET_EXIT,
     WATCHDOG_EXIT,
@@ -292,6 +292,28 @@ class Simulator:
         return wait
 
 
+def write_fleet_config(sim: Simulator, path: str | os.PathLike[str]) -> Path:
+    """Write a fleet config (docs/fleet.md) for the simulator's boards: one joint per channel,
+    each board on its first link (serial when it has one), keys in `<name>.keys/` beside it,
+    readable by the owner only. Returns the config's path."""
+    config = Path(path)
+    keys = config.with_name(config.stem + ".keys")
+    keys.mkdir(mode=0o700, exist_ok=True)
+    key_files: list[str | None] = []
+    for board in sim.boards:
+        if board.key is None:
+            key_files.append(None)
+            continue
+        key_file = keys / (board.node_id + ".key")
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(board.key.hex() + "\n")
+        key_files.append(str(key_file.relative_to(config.parent)))
+    links = [board.url for board in sim.boards]
+    config.write_text(fleet_config.sim_fleet_toml(links, CHANNELS, key_files))
+    return config
+
+
 # -- `servomesh sim` ----------------------------------------------------------------------------
 
 
@@ -310,6 +332,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--base-port", type=int, help="UDP port of the first board (default: free ports)"
+    )
+    parser.add_argument(
+        "--config-out",
+        metavar="FILE",
+        help="write a fleet config for these boards (one joint per channel) and their key files",
     )
 
 
@@ -335,6 +362,8 @@ def run(options: argparse.Namespace) -> int:
             for board in sim.boards:
                 urls = [board.url] + ([board.udp_url] if board.serial_url else [])
                 print(board.node_id, *urls, flush=True)
+            if options.config_out:
+                _log.info("fleet config in %s", write_fleet_config(sim, options.config_out))
             _log.info("flash folders in %s; Ctrl-C or SIGTERM stops the boards", sim.root)
             while not stop.wait(0.5):
                 pass

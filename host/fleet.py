@@ -1,0 +1,539 @@
+"""The fleet: many nodes on serial and UDP links as one set of named joints.
+
+    async with Fleet.from_config("arm.toml") as fleet:
+        await fleet.move({"elbow": 45, "wrist_pitch": -10}, duration_ms=400)
+
+Degrees are the host's: joints map them to pulses (fleet_config.Joint) and nodes only see
+pulses. Moves across nodes start together: one start time in the host clock, scheduled in
+each node's own clock through its session's clock offset. Sequences stream timestamped
+SEGMENTs ahead of time, so playback has no gaps. Every command goes to the operation log.
+"""
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+from servomesh.host import codec, fleet_config, oplog
+from servomesh.host.session import (
+    NodeError,
+    NodeRefusedError,
+    NodeSession,
+    NodeTimeoutError,
+    SessionOptions,
+)
+from servomesh.host.transport import SerialTransport, Transport, UdpHub, UdpTransport
+from servomesh.protocol import messages
+
+log = logging.getLogger(__name__)
+
+START_LEAD_MS = 30  # a synchronized start this far ahead: every node has its MOVE by then
+SEQUENCE_LOOKAHEAD_MS = 1500  # segments are sent this far ahead of their start
+SEQUENCE_QUEUE = 12  # segments in flight per node (the node queues 16)
+DEFAULT_TELEMETRY_MS = 50
+_FIXED_STATE = 2 + 6 + 8  # kind, seq, node fields, counters: where the channel groups start
+
+
+class FleetError(Exception):
+    """A fleet command could not run; the message says which joint or node and why."""
+
+
+class UnknownNameError(FleetError, KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class LimitError(FleetError, ValueError):
+    """A target outside a joint's limits: never clamped."""
+
+
+class StoppedError(FleetError):
+    """The fleet is stopped (latched) until clear()."""
+
+
+@dataclass(frozen=True)
+class JointState:
+    name: str
+    node: str
+    target_deg: float | None  # where the node's current motion ends
+    position_deg: float | None  # what the hardware reports (None when released)
+    moving: bool
+    released: bool
+    updated_s: float | None  # time.time() of the STATE it came from
+
+
+def read_key(path: Path) -> bytes:
+    """A key file: the 32-byte key as 64 hex digits (servomesh provision writes them)."""
+    try:
+        text = path.read_text().strip()
+    except OSError as error:
+        raise FleetError("key file %s: %s" % (path, error.strerror)) from None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise FleetError("key file %s: not hex digits" % path) from None
+    if len(key) != 32:
+        raise FleetError("key file %s: %d bytes, a key is 32" % (path, len(key)))
+    return key
+
+
+class Fleet:
+    """The fleet of a config. Use as an async context manager, or start()/close()."""
+
+    def __init__(
+        self,
+        config: fleet_config.Fleet,
+        *,
+        source: str = "python",
+        log_operations: bool = True,
+        options: SessionOptions | None = None,
+    ) -> None:
+        self.config = config
+        self.source = source
+        self.hub = UdpHub()
+        self.sessions: dict[str, NodeSession] = {}
+        self.stopped = False
+        self._trace = itertools.count(int(time.time()) % 100_000 * 1000 + 1)
+        self._states: dict[str, list[Any]] = {}  # node -> last STATE
+        self._state_times: dict[str, float] = {}
+        self._listeners: list[Callable[[str, list[Any]], None]] = []
+        self._log_listeners: list[Callable[[str, codec.Message], None]] = []
+        self._playing: asyncio.Task[None] | None = None
+        self.oplog = oplog.OperationLog(config.host.data_dir) if log_operations else None
+        base = options or SessionOptions()
+        for name, node in config.nodes.items():
+            self.sessions[name] = NodeSession(
+                name,
+                self._transport(node),
+                node_id=node.node_id,
+                options=SessionOptions(
+                    request_timeout_s=base.request_timeout_s,
+                    attempts=base.attempts,
+                    link_timeout_ms=node.link_timeout_ms,
+                    offline_after_misses=base.offline_after_misses,
+                    backoff_initial_s=base.backoff_initial_s,
+                    backoff_max_s=base.backoff_max_s,
+                    telemetry_ms=node.telemetry_ms or DEFAULT_TELEMETRY_MS,
+                ),
+                on_state=self._on_state,
+                on_log=self._on_log,
+                push_config=self._push_config,
+            )
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str], **options: Any) -> Self:
+        return cls(fleet_config.load(Path(path)), **options)
+
+    def _transport(self, node: fleet_config.Node) -> Transport:
+        link = node.link
+        if link.scheme == "serial":
+            return SerialTransport(link.path, link.baud)
+        key = read_key(node.key_file) if node.key_file is not None else None
+        return UdpTransport(self.hub, link.host, link.port, key)
+
+    async def start(self, ready_timeout_s: float = 5.0) -> None:
+        """Start every session and wait up to `ready_timeout_s` for them to be ready; nodes
+        that are not stay offline and keep reconnecting (see `nodes()`)."""
+        await self.hub.start()
+        for session in self.sessions.values():
+            await session.start()
+        with contextlib.suppress(NodeError):
+            await asyncio.gather(*(s.wait_ready(ready_timeout_s) for s in self.sessions.values()))
+        for session in self.sessions.values():
+            if not session.ready:
+                log.warning("%s: %s (%s)", session.name, session.state, session.why)
+
+    async def close(self) -> None:
+        if self._playing is not None:
+            self._playing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, FleetError, NodeError):
+                await self._playing
+        for session in self.sessions.values():
+            await session.close()
+        self.hub.close()
+        if self.oplog is not None:
+            self.oplog.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- telemetry -------------------------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[str, list[Any]], None]) -> Callable[[], None]:
+        """Call `listener(node_name, state_values)` for every STATE; returns the unsubscriber."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def subscribe_logs(self, listener: Callable[[str, codec.Message], None]) -> Callable[[], None]:
+        self._log_listeners.append(listener)
+        return lambda: self._log_listeners.remove(listener)
+
+    def _on_state(self, session: NodeSession, message: codec.Message) -> None:
+        values = [message.kind, message.seq, *message.fields]
+        self._states[session.name] = values
+        self._state_times[session.name] = time.time()
+        for listener in list(self._listeners):
+            listener(session.name, values)
+
+    def _on_log(self, session: NodeSession, message: codec.Message) -> None:
+        log.info("%s: node log %s", session.name, message.fields)
+        for listener in list(self._log_listeners):
+            listener(session.name, message)
+
+    def joint_state(self, name: str) -> JointState:
+        joint = self.joint(name)
+        values = self._states.get(joint.node)
+        if values is None:
+            return JointState(name, joint.node, None, None, False, False, None)
+        base = _FIXED_STATE + 5 * joint.channel
+        if len(values) < base + 5:
+            return JointState(name, joint.node, None, None, False, False, None)
+        flags = values[base + 4]
+        return JointState(
+            name,
+            joint.node,
+            _deg(joint, values[base + 3]),
+            _deg(joint, values[base + 2]),
+            bool(flags & messages.CHANNEL_MOVING),
+            bool(flags & messages.CHANNEL_RELEASED),
+            self._state_times.get(joint.node),
+        )
+
+    # -- names -----------------------------------------------------------------------------
+
+    def joint(self, name: str) -> fleet_config.Joint:
+        try:
+            return self.config.joints[name]
+        except KeyError:
+            raise UnknownNameError("no joint named %r" % name) from None
+
+    def session(self, name: str) -> NodeSession:
+        try:
+            return self.sessions[name]
+        except KeyError:
+            raise UnknownNameError("no node named %r" % name) from None
+
+    def pulses(self, targets: dict[str, float]) -> dict[str, list[tuple[int, int]]]:
+        """Per node, (channel, pulse_us) for `targets` in degrees; LimitError names the joint."""
+        per_node: dict[str, list[tuple[int, int]]] = {}
+        for name, deg in targets.items():
+            joint = self.joint(name)
+            try:
+                pulse = joint.deg_to_pulse_us(deg)
+            except ValueError as error:
+                raise LimitError(str(error)) from None
+            per_node.setdefault(joint.node, []).append((joint.channel, pulse))
+        return per_node
+
+    # -- commands ----------------------------------------------------------------------------
+
+    async def move(
+        self, targets: dict[str, float], duration_ms: int = 0, *, source: str | None = None
+    ) -> int:
+        """Move joints to `targets` (degrees), all starting at one instant, arriving together
+        after `duration_ms` (0: each as fast as its limits allow). Returns the trace id."""
+        trace = next(self._trace)
+        started = time.monotonic()
+        try:
+            self._check_not_stopped()
+            per_node = self.pulses(targets)
+            sessions = [self.session(name) for name in per_node]
+            for session in sessions:
+                if not session.ready:
+                    raise FleetError("%s is %s: %s" % (session.name, session.state, session.why))
+            lead_ms = START_LEAD_MS + max((s.counters.rtt_ms or 0) * 2 for s in sessions)
+            start_ns = time.monotonic_ns() + int(lead_ms * 1_000_000)
+            scheduled = len(per_node) > 1  # one node alone starts at once
+            await asyncio.gather(
+                *(
+                    self._move_node(self.sessions[name], pairs, duration_ms, start_ns, trace)
+                    if scheduled
+                    else self._move_node(self.sessions[name], pairs, duration_ms, None, trace)
+                    for name, pairs in per_node.items()
+                )
+            )
+        except Exception as error:
+            self._record("move", targets, trace, error, started, source)
+            raise
+        self._record("move", targets, trace, None, started, source)
+        return trace
+
+    async def _move_node(
+        self,
+        session: NodeSession,
+        pairs: list[tuple[int, int]],
+        duration_ms: int,
+        start_ns: int | None,
+        trace: int,
+    ) -> None:
+        # Tick 0 means "at once" on the wire: a start that falls on it goes one µs later.
+        start = 0 if start_ns is None else session.node_ticks(start_ns) or 1
+        flat = [value for pair in pairs for value in pair]
+        await session.request(messages.MOVE, duration_ms, start, trace, *flat)
+
+    async def set(
+        self,
+        name: str,
+        deg: float,
+        *,
+        duration_ms: int = 0,
+        speed_deg_per_s: float | None = None,
+        source: str | None = None,
+    ) -> int:
+        """Move one joint: over `duration_ms`, or at a speed (0/None: its configured speed)."""
+        trace = next(self._trace)
+        started = time.monotonic()
+        try:
+            self._check_not_stopped()
+            joint = self.joint(name)
+            ((channel, pulse),) = self.pulses({name: deg})[joint.node]
+            speed = 0
+            if speed_deg_per_s is not None:
+                if speed_deg_per_s <= 0:
+                    raise LimitError("%s: speed_deg_per_s must be positive" % name)
+                speed = max(
+                    1,
+                    round(
+                        speed_deg_per_s
+                        * abs(joint.max_us - joint.min_us)
+                        / (joint.max_deg - joint.min_deg)
+                    ),
+                )
+            await self.session(joint.node).request(
+                messages.SET, channel, pulse, duration_ms, speed, trace
+            )
+        except Exception as error:
+            self._record("set", {name: deg}, trace, error, started, source)
+            raise
+        self._record("set", {name: deg}, trace, None, started, source)
+        return trace
+
+    async def pose(self, name: str, duration_ms: int = 1000, *, source: str | None = None) -> int:
+        try:
+            targets = self.config.poses[name]
+        except KeyError:
+            raise UnknownNameError("no pose named %r" % name) from None
+        return await self.move(dict(targets), duration_ms, source=source)
+
+    async def stop(self, release: bool = False, *, source: str | None = None) -> int:
+        """Stop every node (latched until clear); nodes that do not answer are named."""
+        trace = next(self._trace)
+        started = time.monotonic()
+        self.stopped = True
+        if self._playing is not None:
+            self._playing.cancel()
+        mode = messages.STOP_RELEASE if release else messages.STOP_HOLD
+        error = await self._everywhere(messages.STOP, mode, trace)
+        self._record("stop", {}, trace, error, started, source)
+        if error is not None:
+            raise error
+        return trace
+
+    async def clear(self, *, source: str | None = None) -> int:
+        """Clear the latched stop on every node; moves nothing."""
+        trace = next(self._trace)
+        started = time.monotonic()
+        error = await self._everywhere(messages.CLEAR, trace)
+        if error is None:
+            self.stopped = False
+        self._record("clear", {}, trace, error, started, source)
+        if error is not None:
+            raise error
+        return trace
+
+    async def _everywhere(self, kind: int, *fields: int) -> FleetError | None:
+        results = await asyncio.gather(
+            *(s.request(kind, *fields) for s in self.sessions.values()), return_exceptions=True
+        )
+        failed = [
+            "%s (%s)" % (name, result)
+            for name, result in zip(self.sessions, results, strict=True)
+            if isinstance(result, BaseException)
+        ]
+        return FleetError("not reached: " + "; ".join(failed)) if failed else None
+
+    def _check_not_stopped(self) -> None:
+        if self.stopped:
+            raise StoppedError("the fleet is stopped: clear it first")
+
+    # -- sequences ---------------------------------------------------------------------------
+
+    async def play(self, name: str, *, lead_in_ms: int = 500, source: str | None = None) -> int:
+        """Play sequence `name`: a synchronized move to its first keyframe over `lead_in_ms`,
+        then its keyframes as queued segments, streamed ahead. Returns when it has played."""
+        try:
+            sequence = self.config.sequences[name]
+        except KeyError:
+            raise UnknownNameError("no sequence named %r" % name) from None
+        if self._playing is not None and not self._playing.done():
+            raise FleetError("a sequence is playing: stop it first")
+        frames = [self._frame_targets(frame) for frame in sequence.keyframes]
+        trace = next(self._trace)
+        started = time.monotonic()
+        task = asyncio.create_task(self._play(frames, sequence, lead_in_ms, trace))
+        self._playing = task
+        try:
+            await task
+        except Exception as error:
+            self._record("sequence", {}, trace, error, started, source, name)
+            raise
+        self._record("sequence", {}, trace, None, started, source, name)
+        return trace
+
+    def stop_sequence(self) -> bool:
+        if self._playing is None or self._playing.done():
+            return False
+        self._playing.cancel()
+        return True
+
+    def _frame_targets(self, frame: fleet_config.Keyframe) -> dict[str, float]:
+        if frame.pose is not None:
+            return dict(self.config.poses[frame.pose])
+        return dict(frame.joints or {})
+
+    async def _play(
+        self,
+        frames: list[dict[str, float]],
+        sequence: fleet_config.Sequence,
+        lead_in_ms: int,
+        trace: int,
+    ) -> None:
+        self._check_not_stopped()
+        per_frame = [self.pulses(targets) for targets in frames]
+        nodes = sorted({node for frame in per_frame for node in frame})
+        sessions = [self.session(node) for node in nodes]
+        begin_ns = time.monotonic_ns() + (START_LEAD_MS + lead_in_ms) * 1_000_000
+        at_ms = [frame.at_ms for frame in sequence.keyframes]
+        # Segment i runs from keyframe i-1 to keyframe i; segment 0 is the lead-in.
+        segments: list[tuple[int, int, int]] = []  # (index, start_ns, duration_ms)
+        segments.append((0, begin_ns - lead_in_ms * 1_000_000, lead_in_ms))
+        for i in range(1, len(frames)):
+            start_ns = begin_ns + at_ms[i - 1] * 1_000_000
+            segments.append((i, start_ns, at_ms[i] - at_ms[i - 1]))
+        in_flight: list[int] = []  # end times (ns) of segments sent, oldest first
+        for index, start_ns, duration_ms in segments:
+            while True:
+                now = time.monotonic_ns()
+                while in_flight and in_flight[0] <= now:
+                    in_flight.pop(0)
+                ahead_ms = (start_ns - now) / 1e6
+                if len(in_flight) < SEQUENCE_QUEUE and ahead_ms <= SEQUENCE_LOOKAHEAD_MS:
+                    break
+                await asyncio.sleep(0.02)
+            requests = []
+            for session in sessions:
+                pairs = per_frame[index].get(session.name)
+                if not pairs:
+                    continue
+                flat = [value for pair in pairs for value in pair]
+                start = session.node_ticks(start_ns) or 1
+                requests.append(
+                    session.request(
+                        messages.SEGMENT, start, duration_ms, messages.EASE_LINEAR, trace, *flat
+                    )
+                )
+            await asyncio.gather(*requests)
+            in_flight.append(start_ns + duration_ms * 1_000_000)
+        end_ns = begin_ns + at_ms[-1] * 1_000_000
+        await asyncio.sleep(max(0.0, (end_ns - time.monotonic_ns()) / 1e9))
+
+    # -- config and status -------------------------------------------------------------------
+
+    async def _push_config(self, session: NodeSession) -> bool:
+        """After each handshake: make the node's config the fleet's (the node keeps it as it
+        is when nothing changes); True when the node reboots to apply it."""
+        current = (await session.request_now(messages.CONFIG_GET)).fields[0]
+        wanted = self.config.node_config(session.name, current)
+        wanted["channels"] = [
+            [
+                messages.FAILSAFES.index(channel[field]) if field == "failsafe" else channel[field]
+                for field in messages.CONFIG_CHANNEL_FIELDS
+            ]
+            for channel in wanted["channels"]
+        ]
+        reply = await session.request_now(messages.CONFIG_SET, wanted, timeout_s=3.0)
+        return bool(reply.fields and reply.fields[0])
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every node's link, state and counters, for tables and the API."""
+        rows = []
+        for name, session in self.sessions.items():
+            counters = session.counters
+            rows.append(
+                {
+                    "name": name,
+                    "link": session.transport.name,
+                    "state": str(session.state),
+                    "why": session.why,
+                    "node_id": session.info.get("node_id"),
+                    "firmware": session.info.get("firmware"),
+                    "boot_id": session.boot_id,
+                    "rtt_ms": counters.rtt_ms,
+                    "clock_offset_us": counters.clock_offset_us,
+                    "clock_uncertainty_us": counters.clock_uncertainty_us,
+                    "retries": counters.retries,
+                    "timeouts": counters.timeouts,
+                    "reconnects": counters.reconnects,
+                    "reboots": counters.reboots,
+                    "refused": dict(counters.refused_by_reason),
+                }
+            )
+        return rows
+
+    def _record(
+        self,
+        action: str,
+        targets: dict[str, float],
+        trace: int,
+        error: BaseException | None,
+        started: float,
+        source: str | None,
+        detail: str = "",
+    ) -> None:
+        if self.oplog is None:
+            return
+        if error is None:
+            result = "ok"
+        elif isinstance(error, NodeRefusedError):
+            result = error.reason
+        elif isinstance(error, NodeTimeoutError):
+            result = "timeout"
+        elif isinstance(error, LimitError):
+            result = "out_of_limits"
+        elif isinstance(error, StoppedError):
+            result = "stopped"
+        elif isinstance(error, UnknownNameError):
+            result = "unknown"
+        else:
+            result = "offline" if isinstance(error, NodeError) else "error"
+        self.oplog.append(
+            oplog.Operation(
+                time_s=time.time(),
+                source=source or self.source,
+                action=action,
+                joints=dict(targets),
+                trace_id=trace,
+                result=result,
+                detail=detail or (str(error) if error is not None else ""),
+                latency_ms=(time.monotonic() - started) * 1000,
+            )
+        )
+
+
+def _deg(joint: fleet_config.Joint, pulse_us: int) -> float | None:
+    if not pulse_us:
+        return None
+    try:
+        return joint.pulse_us_to_deg(pulse_us)
+    except ValueError:
+        return None

@@ -1,0 +1,224 @@
+"""Links to nodes: signed UDP datagrams through one shared socket, and framed serial.
+
+A transport moves message bodies: `send(body, kind)` and a `receive` callback with each body
+that arrives, plus `lost` when the link itself goes away (a serial port unplugged). What the
+bodies mean is the session's business (session.py).
+
+UDP: one asyncio datagram endpoint (`UdpHub`) serves every UDP node; datagrams are routed to
+the node's transport by source address and authenticated with that node's key. Serial:
+pyserial opened non-blocking, read through the event loop's reader callbacks, so a slow port
+never blocks the loop.
+"""
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import serial
+
+from servomesh.protocol import datagram, stream
+
+log = logging.getLogger(__name__)
+
+HOST_SENDER_ID = 1
+KEY_ID = 1
+Receive = Callable[[bytes], None]
+Lost = Callable[[str], None]
+
+
+class LinkError(ConnectionError):
+    """A link cannot be opened or has gone away; the message says which and why."""
+
+
+def host_counter() -> int:
+    """A datagram counter that keeps increasing across host restarts: the clock in 10 µs."""
+    return time.time_ns() // 10_000
+
+
+class Transport(Protocol):
+    name: str
+    bound: bool  # whether requests that change state must be BOUND to the node's boot
+
+    async def open(self, receive: Receive, lost: Lost) -> None: ...
+    def send(self, body: bytes, bound_to: int | None) -> None: ...
+    def close(self) -> None: ...
+
+
+class _HubProtocol(asyncio.DatagramProtocol):
+    def __init__(self, hub: "UdpHub") -> None:
+        self.hub = hub
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.hub.deliver(data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and the like: the node is not there (yet); timeouts say so.
+        log.debug("udp: %s", exc)
+
+
+class UdpHub:
+    """One UDP socket for every UDP node; `on_unknown` gets datagrams from other addresses."""
+
+    def __init__(self, bind: tuple[str, int] = ("0.0.0.0", 0)) -> None:  # noqa: S104
+        self.bind = bind
+        self._transport: asyncio.DatagramTransport | None = None
+        self._routes: dict[tuple[str, int], UdpTransport] = {}
+        self.on_unknown: Callable[[bytes, tuple[str, int]], None] | None = None
+        self.unrouted = 0
+
+    async def start(self) -> None:
+        if self._transport is not None:
+            return
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        sock.bind(self.bind)
+        sock.setblocking(False)
+        transport, _ = await loop.create_datagram_endpoint(lambda: _HubProtocol(self), sock=sock)
+        self._transport = transport
+
+    def address(self) -> tuple[str, int]:
+        if self._transport is None:
+            raise LinkError("the UDP hub is not started")
+        host, port = self._transport.get_extra_info("sockname")[:2]
+        return host, port
+
+    def route(self, address: tuple[str, int], transport: "UdpTransport | None") -> None:
+        if transport is None:
+            self._routes.pop(address, None)
+        else:
+            self._routes[address] = transport
+
+    def sendto(self, packet: bytes, address: tuple[str, int]) -> None:
+        if self._transport is None or self._transport.is_closing():
+            raise LinkError("the UDP hub is closed")
+        self._transport.sendto(packet, address)
+
+    def deliver(self, data: bytes, address: tuple[str, int]) -> None:
+        transport = self._routes.get(address)
+        if transport is not None:
+            transport.datagram(data)
+        elif self.on_unknown is not None:
+            self.on_unknown(data, address)
+        else:
+            self.unrouted += 1
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+
+class UdpTransport:
+    """A node at `host:port`, signed with `key` (None: unsigned, for nodes that allow it)."""
+
+    bound = True
+
+    def __init__(self, hub: UdpHub, host: str, port: int, key: bytes | None) -> None:
+        self.hub = hub
+        self.name = "udp://%s:%d" % (host, port)
+        self._host, self._port = host, port
+        self.address: tuple[str, int] = (host, port)
+        self.sender = datagram.Sender(HOST_SENDER_ID, key, KEY_ID, counter=host_counter())
+        self.receiver = datagram.Receiver(
+            {KEY_ID: key} if key is not None else None, allow_unsigned=key is None
+        )
+        self._receive: Receive | None = None
+
+    async def open(self, receive: Receive, lost: Lost) -> None:
+        await self.hub.start()
+        # Resolved once, so replies (from the address as the kernel reports it) route back.
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_DGRAM)
+        except OSError as error:
+            raise LinkError("%s: cannot resolve: %s" % (self.name, error)) from None
+        self.address = (str(infos[0][4][0]), int(infos[0][4][1]))
+        self._receive = receive
+        self.hub.route(self.address, self)
+
+    def datagram(self, data: bytes) -> None:
+        try:
+            body = self.receiver.open(data)[1]
+        except datagram.DatagramError:
+            return  # counted in receiver.rejected by reason
+        if self._receive is not None:
+            self._receive(body)
+
+    def send(self, body: bytes, bound_to: int | None) -> None:
+        self.hub.sendto(self.sender.seal(body, bound_to=bound_to), self.address)
+
+    def close(self) -> None:
+        self.hub.route(self.address, None)
+        self._receive = None
+
+
+class SerialTransport:
+    """A node on a serial port (USB CDC or a UART; a pty for simulated boards)."""
+
+    bound = False  # a cable is its own proof of presence: nothing to replay
+
+    def __init__(self, path: str, baud: int = 115200) -> None:
+        self.name = "serial://%s" % path
+        self.path, self.baud = path, baud
+        self._port: serial.Serial | None = None
+        self._decoder = stream.FrameDecoder()
+        self._receive: Receive | None = None
+        self._lost: Lost | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def open(self, receive: Receive, lost: Lost) -> None:
+        try:
+            port = serial.Serial(self.path, self.baud, timeout=0, write_timeout=1.0)
+        except (serial.SerialException, OSError) as error:
+            raise LinkError("%s: cannot open: %s" % (self.name, error)) from None
+        self._port, self._receive, self._lost = port, receive, lost
+        self._decoder = stream.FrameDecoder()
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(port.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        port = self._port
+        if port is None:
+            return
+        try:
+            data = port.read(4096)
+            if not data and not port.in_waiting:
+                # readable with nothing to read: the other end hung up (a pty closes this way)
+                raise serial.SerialException("hung up")
+        except (serial.SerialException, OSError) as error:
+            self._fail("%s: %s" % (self.name, error))
+            return
+        for is_frame, body in self._decoder.feed(data):
+            if is_frame and self._receive is not None:
+                self._receive(bytes(body))
+
+    def _fail(self, why: str) -> None:
+        lost = self._lost
+        self.close()
+        if lost is not None:
+            lost(why)
+
+    def send(self, body: bytes, bound_to: int | None) -> None:
+        if self._port is None:
+            raise LinkError("%s: not open" % self.name)
+        try:
+            self._port.write(stream.encode_frame(body))
+        except (serial.SerialException, OSError) as error:
+            self._fail("%s: %s" % (self.name, error))
+            raise LinkError("%s: write failed: %s" % (self.name, error)) from None
+
+    def close(self) -> None:
+        port, self._port = self._port, None
+        self._receive = self._lost = None
+        if port is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                with contextlib.suppress(ValueError, OSError):  # the fd may be gone already
+                    self._loop.remove_reader(port.fileno())
+            with contextlib.suppress(serial.SerialException, OSError):
+                port.close()

@@ -1,0 +1,145 @@
+"""The orchestrator core against real simulated nodes: sessions, moves, stop, log, reboots."""
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from servomesh.host.fleet import Fleet, LimitError, StoppedError, UnknownNameError
+from servomesh.host.session import NodeOfflineError, NodeState, SessionOptions
+from servomesh.host.sim import Simulator, write_fleet_config
+
+FAST = SessionOptions(request_timeout_s=0.5, backoff_max_s=0.3)
+
+
+@pytest.fixture(scope="module")
+def boards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Simulator, Path]]:
+    folder = tmp_path_factory.mktemp("fleet")
+    with Simulator(nodes=3, serial=1, folder=folder / "boards") as sim:
+        sim.wait_all_running(10)
+        yield sim, write_fleet_config(sim, folder / "fleet.toml")
+
+
+def run(coro: object) -> object:
+    return asyncio.run(asyncio.wait_for(coro, 60))  # type: ignore[arg-type]
+
+
+async def until(check: object, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("not in %.1f s" % timeout_s)
+        await asyncio.sleep(0.02)
+
+
+async def keep_setting(fleet: Fleet, joint: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        await fleet.set(joint, 5.0)
+        await asyncio.sleep(0.05)
+
+
+def test_config_out_keys_are_private(boards: tuple[Simulator, Path]) -> None:
+    _, config = boards
+    keys = sorted(config.with_name("fleet.keys").iterdir())
+    assert len(keys) == 3
+    assert all(os.stat(key).st_mode & 0o777 == 0o600 for key in keys)
+
+
+def test_every_node_gets_ready_and_moves(boards: tuple[Simulator, Path]) -> None:
+    _, config = boards
+
+    async def main() -> None:
+        async with Fleet.from_config(config, options=FAST) as fleet:
+            rows = {row["name"]: row for row in fleet.nodes()}
+            assert {row["state"] for row in rows.values()} == {"ready"}, rows
+            assert rows["sim-1"]["link"].startswith("serial://")
+            assert rows["sim-2"]["link"].startswith("udp://")
+            assert all(row["clock_offset_us"] is not None for row in rows.values())
+            targets = {"sim1_c0": 30.0, "sim2_c1": -45.0, "sim3_c5": 10.0}
+            trace = await fleet.move(targets, duration_ms=300)
+
+            def arrived() -> bool:
+                states = [fleet.joint_state(name) for name in targets]
+                return all(
+                    s.position_deg is not None and abs(s.position_deg - targets[s.name]) < 1
+                    for s in states
+                )
+
+            await until(arrived, 5)
+            assert fleet.oplog is not None
+            fleet.oplog.flush()
+            entry = fleet.oplog.query(limit=1)[0]
+            assert (entry.action, entry.result, entry.trace_id) == ("move", "ok", trace)
+            assert entry.joints == targets
+
+    run(main())
+
+
+def test_bad_targets_are_refused_without_motion(boards: tuple[Simulator, Path]) -> None:
+    _, config = boards
+
+    async def main() -> None:
+        async with Fleet.from_config(config, options=FAST) as fleet:
+            with pytest.raises(LimitError, match="sim1_c0"):
+                await fleet.move({"sim1_c0": 120.0, "sim2_c0": 10.0}, duration_ms=100)
+            with pytest.raises(UnknownNameError, match="nope"):
+                await fleet.set("nope", 0)
+            assert fleet.oplog is not None
+            fleet.oplog.flush()
+            results = [entry.result for entry in fleet.oplog.query(limit=2)]
+            assert results == ["unknown", "out_of_limits"]
+
+    run(main())
+
+
+def test_stop_latches_until_clear_and_clear_moves_nothing(boards: tuple[Simulator, Path]) -> None:
+    _, config = boards
+
+    async def main() -> None:
+        async with Fleet.from_config(config, options=FAST) as fleet:
+            await fleet.set("sim2_c2", 0.0, duration_ms=100)
+            await until(lambda: fleet.joint_state("sim2_c2").position_deg is not None, 3)
+            await fleet.stop()
+            with pytest.raises(StoppedError):
+                await fleet.move({"sim2_c2": 20.0})
+            fleet.stopped = False  # the node's own latch, not the host's, must refuse it now
+            with pytest.raises(Exception, match="stopped"):
+                await fleet.set("sim2_c2", 20.0)
+            fleet.stopped = True
+            await fleet.clear()
+            await asyncio.sleep(0.3)
+            state = fleet.joint_state("sim2_c2")
+            assert not state.moving
+            assert state.position_deg is not None
+            assert abs(state.position_deg) < 1
+
+    run(main())
+
+
+def test_a_killed_node_is_offline_then_ready_with_a_new_boot(
+    boards: tuple[Simulator, Path],
+) -> None:
+    sim, config = boards
+
+    async def main() -> None:
+        async with Fleet.from_config(config, options=FAST) as fleet:
+            session = fleet.sessions["sim-3"]
+            boot = session.boot_id
+            sim.boards[2].kill()  # SIGKILL: off until started again
+            failed_at = time.monotonic()
+            with pytest.raises((NodeOfflineError, TimeoutError), match="sim-3"):
+                await keep_setting(fleet, "sim3_c0", 5)
+            assert time.monotonic() - failed_at < 2  # within the request timeouts, not a hang
+            await until(lambda: session.state == NodeState.OFFLINE, 3)
+            with pytest.raises(NodeOfflineError, match="sim-3 is offline"):
+                await fleet.set("sim3_c0", 5.0)  # at once, while offline
+            sim.boards[2].start()
+            await until(lambda: session.state == NodeState.READY and session.boot_id != boot, 2)
+            assert session.counters.reboots == 1
+            await fleet.set("sim3_c0", 5.0)
+
+    run(main())
