@@ -414,8 +414,6 @@ class Fleet(_Model):
         }
         if node.i2c is not None:
             own["i2c"] = node.i2c.model_dump()
-        if node.link.scheme == "udp":
-            own["udp_port"] = node.link.port
         kept = {key: value for key, value in (current or {}).items() if key != "i2c"}
         if node.board != "sim":
             kept.pop("sim_slew_us_per_s", None)  # the node refuses it for a real board

@@ -33,6 +33,10 @@ from servomesh.protocol.cbor import DecodeError
 TICKS_MASK = messages.TICKS_PERIOD - 1
 _CLOCK_SAMPLES = 8
 _SEQ_LIMIT = 0x3FFFFFFF
+# A request may be outstanding only while fewer than this many newer ones have been sent: the
+# node caches its last 32 replies (firmware/dispatch.py CACHE_SIZE), and a retry must find its
+# reply there, not run again.
+SEQ_WINDOW = 16
 
 StateHandler = Callable[["NodeSession", codec.Message], None]
 # Makes the node's config what the host wants; True when the node reboots to apply it.
@@ -130,6 +134,7 @@ class NodeSession:
         self.counters = SessionCounters()
         self._seq = 0
         self._pending: dict[int, asyncio.Future[codec.Message]] = {}
+        self._window = asyncio.Condition()
         self._samples: deque[tuple[int, int]] = deque(maxlen=_CLOCK_SAMPLES)  # (rtt, offset)
         self._wake = asyncio.Event()  # reconnect now (a reboot seen, a link lost)
         self._ready = asyncio.Event()
@@ -200,8 +205,11 @@ class NodeSession:
     ) -> codec.Message:
         """`request` without the readiness check: for the handshake and config push."""
         timeout = self.options.request_timeout_s if timeout_s is None else timeout_s
-        self._seq = self._seq % _SEQ_LIMIT + 1
-        seq = self._seq
+        body = codec.encode(kind, 1, *fields)  # refused here, before it takes a seq
+        async with self._window:
+            await self._window.wait_for(self._seq_free)
+            self._seq = self._seq % _SEQ_LIMIT + 1
+            seq = self._seq
         body = codec.encode(kind, seq, *fields)
         bound_to = (
             self.boot_id if self.transport.bound and kind not in messages.READ_ONLY_KINDS else None
@@ -238,6 +246,8 @@ class NodeSession:
             self._pending.pop(seq, None)
             if not future.done():
                 future.cancel()
+            async with self._window:
+                self._window.notify_all()
         rtt_ms = (time.monotonic() - started) * 1000
         srtt = self.counters.rtt_ms
         self.counters.rtt_ms = rtt_ms if srtt is None else srtt + (rtt_ms - srtt) / 8
@@ -253,6 +263,9 @@ class NodeSession:
                 raise NodeOfflineError("%s rebooted; reconnecting" % self.name)
             raise NodeRefusedError(self.name, kind, code, detail)
         return reply
+
+    def _seq_free(self) -> bool:
+        return not self._pending or self._seq + 1 - min(self._pending) < SEQ_WINDOW
 
     def _fail_pending(self, error: Exception) -> None:
         for future in self._pending.values():

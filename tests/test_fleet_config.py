@@ -205,10 +205,12 @@ def test_channels_without_a_joint_get_a_placeholder() -> None:
     assert node_accepts(fleet.node_config("head"))["channels"] == [channels[0]]  # no joints
 
 
-def test_udp_port_comes_from_a_udp_link_only() -> None:
+def test_the_push_never_moves_a_node_to_another_port() -> None:
+    # The link's port is where the host reaches the node, through NAT or a proxy maybe: the
+    # node keeps its own udp_port.
     fleet = loads(edited("127.0.0.1:5683", "127.0.0.1:40001"))
-    assert fleet.node_config("arm1")["udp_port"] == 40001
-    assert "udp_port" not in fleet.node_config("head")
+    assert "udp_port" not in fleet.node_config("arm1")
+    assert fleet.node_config("arm1", {"udp_port": 5683})["udp_port"] == 5683
 
 
 def test_node_config_keeps_what_the_fleet_does_not_decide() -> None:
