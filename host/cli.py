@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from servomesh.host import sim, upy
+from servomesh.host import cli_fleet, sim, upy
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
             "Ctrl-C or SIGTERM.",
         )
     )
+    cli_fleet.add_arguments(commands)
     return parser
 
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return demo.run()
     if options.command == "sim":
         return sim.run(options)
-    return 0
+    return cli_fleet.run(options)
 
 
 if __name__ == "__main__":
