@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench bench-wasm32 clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "servomesh needs Python >= 3.11")'
@@ -33,5 +33,10 @@ test: lint
 bench: $(STAMP)
 	$(PY) tools/bench.py
 
+# The firmware's heap on a 32-bit MicroPython (the webassembly port, from npm; needs Node.js).
+bench-wasm32: $(STAMP)
+	cd tools/wasm32 && npm ci --no-audit --no-fund --silent
+	$(PY) tools/bench_wasm32.py
+
 clean:
-	rm -rf $(VENV) .build .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .build .pytest_cache .mypy_cache .ruff_cache .hypothesis tools/wasm32/node_modules
