@@ -37,7 +37,8 @@ START_LEAD_MS = 30  # a synchronized start this far ahead: every node has its MO
 SEQUENCE_LOOKAHEAD_MS = 1500  # segments are sent this far ahead of their start
 SEQUENCE_QUEUE = 12  # segments in flight per node (the node queues 16)
 DEFAULT_TELEMETRY_MS = 50
-_FIXED_STATE = 2 + 6 + 8  # kind, seq, node fields, counters: where the channel groups start
+# kind, seq, six node fields, the counters: where STATE's channel groups start
+_FIXED_STATE = 2 + 6 + len(messages.STATE_COUNTERS)
 
 
 class FleetError(Exception):

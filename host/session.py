@@ -205,12 +205,11 @@ class NodeSession:
     ) -> codec.Message:
         """`request` without the readiness check: for the handshake and config push."""
         timeout = self.options.request_timeout_s if timeout_s is None else timeout_s
-        body = codec.encode(kind, 1, *fields)  # refused here, before it takes a seq
         async with self._window:
             await self._window.wait_for(self._seq_free)
             self._seq = self._seq % _SEQ_LIMIT + 1
             seq = self._seq
-        body = codec.encode(kind, seq, *fields)
+        body = codec.encode(kind, seq, *fields)  # a refused body leaves a gap in seqs: harmless
         bound_to = (
             self.boot_id if self.transport.bound and kind not in messages.READ_ONLY_KINDS else None
         )
