@@ -302,14 +302,7 @@ class Fleet:
             if speed_deg_per_s is not None:
                 if speed_deg_per_s <= 0:
                     raise LimitError("%s: speed_deg_per_s must be positive" % name)
-                speed = max(
-                    1,
-                    round(
-                        speed_deg_per_s
-                        * abs(joint.max_us - joint.min_us)
-                        / (joint.max_deg - joint.min_deg)
-                    ),
-                )
+                speed = joint.rate_us_per_s(speed_deg_per_s)
             await self.session(joint.node).request(
                 messages.SET, channel, pulse, duration_ms, speed, trace
             )

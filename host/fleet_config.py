@@ -299,6 +299,10 @@ class Joint(_Model):
         """The acceleration limit as the node takes it; 0 (the node's "no limit") when unset."""
         return _pulse_rate(self.accel_deg_per_s2, self._us_per_deg)
 
+    def rate_us_per_s(self, deg_per_s: float) -> int:
+        """A speed in degrees per second as the pulse rate a node takes (at least 1)."""
+        return _pulse_rate(deg_per_s, self._us_per_deg)
+
     @property
     def _us_per_deg(self) -> float:
         return (self.max_us - self.min_us) / (self.max_deg - self.min_deg)
