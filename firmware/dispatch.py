@@ -137,6 +137,8 @@ class Dispatcher:
             return self._done(peer, kind, seq, code, motion.planned_ms)
         if kind == messages.MOVE:
             code = motion.move(values, 5, (count - 5) >> 1, values[2], values[3], values[4], now)
+            if not code:  # the start as this node scheduled it: what synchronization achieved
+                node.log(messages.LOG_DEBUG, messages.LOG_MOVE, values[4], motion.start_us)
             return self._done(peer, kind, seq, code, motion.planned_ms)
         if kind == messages.SEGMENT:
             code = motion.segment(

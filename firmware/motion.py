@@ -81,6 +81,7 @@ class Motion:
         self._q_dur_us = [0] * q
         self._q_easing = [0] * q
         self._q_count = [0] * q
+        self._q_trace = [0] * q
         self._q_channel = [0] * (q * n)  # -1: dropped by a later SET or MOVE
         self._q_pulse = [0] * (q * n)
         self._q_head = 0
@@ -97,6 +98,12 @@ class Motion:
         self.accepted = 0
         self.refused = 0
         self.segments_played = 0
+        # The longest pause between consecutive segments of one trace (one sequence played):
+        # 0 while a host streams them back to back, as it should.
+        self.segment_gap_max_us = 0
+        self._played_trace = 0
+        self._played_end = 0
+        self.start_us = 0  # the node-clock start of the last MOVE accepted
         self.writes = 0
         self.ticks = 0
 
@@ -174,6 +181,7 @@ class Motion:
             self.profiles.begin(ch, start, p, ms * 1000, (pulse << _SHIFT) - p, True)
             self.target_us[ch] = pulse
         self.planned_ms = ms
+        self.start_us = start
         return self._accept(trace)
 
     def segment(self, values, first, pairs, start_us, duration_ms, easing, trace, now):
@@ -227,6 +235,7 @@ class Motion:
         self._q_dur_us[slot] = ms * 1000
         self._q_easing[slot] = easing
         self._q_count[slot] = pairs
+        self._q_trace[slot] = trace
         for j in range(pairs):
             ch = values[first + 2 * j]
             self._q_channel[slot * n + j] = ch
@@ -343,6 +352,13 @@ class Motion:
                 eased = self._q_easing[h] == messages.EASE_IN_OUT
                 profiles.begin(ch, start, p, self._q_dur_us[h], (pulse << _SHIFT) - p, eased)
                 self.target_us[ch] = pulse
+            trace = self._q_trace[h]
+            if trace and trace == self._played_trace:
+                gap = diff_us(start, self._played_end)
+                if gap > self.segment_gap_max_us:
+                    self.segment_gap_max_us = gap
+            self._played_trace = trace
+            self._played_end = add_us(start, self._q_dur_us[h])
             h += 1
             self._q_head = 0 if h == self.QUEUE_SEGMENTS else h
             self.queue_size -= 1
@@ -410,6 +426,7 @@ class Motion:
         self.queue_size = 0
         self._q_head = 0
         self._chain = False
+        self._played_trace = 0  # what was dropped is no pause to measure
         for ch in range(self.count):
             self._queued[ch] = 0
 

@@ -150,6 +150,8 @@ class Node:
         if self.motion is not None:
             info["control_hz"] = settings["control_hz"]
             info["loop_late_us"] = self._lateness()
+            info["segments_played"] = self.motion.segments_played
+            info["segment_gap_max_us"] = self.motion.segment_gap_max_us
         return info
 
     def public_config(self):

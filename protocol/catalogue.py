@@ -35,6 +35,7 @@ LOG_NAMES: dict[int, str] = {
     M.LOG_CONFIG_SAVED: "config_saved",
     M.LOG_HARDWARE_ERROR: "hardware_error",
     M.LOG_WIFI: "wifi",
+    M.LOG_MOVE: "move",
 }
 KINDS: dict[int, tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     M.HELLO: ("HELLO", ("protocol_version",), (), ()),

@@ -106,6 +106,7 @@ LOG_REBOOTING = const(8)  # args: delay in ms
 LOG_CONFIG_SAVED = const(9)
 LOG_HARDWARE_ERROR = const(10)  # a servo write failed (I2C); once until a tick succeeds
 LOG_WIFI = const(11)  # args: 1 joined / 0 lost, connection attempts so far
+LOG_MOVE = const(12)  # a MOVE accepted (debug); args: trace, its start in node ticks_us
 
 # CONFIG and CONFIG_SET carry the node config as one map. Its "channels" travel as arrays of
 # these fields, in this order, with failsafe as an index into FAILSAFES: a 16-channel config

@@ -133,6 +133,22 @@ def test_segments_play_back_to_back(arm: UdpClient) -> None:
     assert trace[-1][1] == 1200
 
 
+def test_the_node_measures_pauses_between_segments_of_one_trace(arm: UdpClient) -> None:
+    settle(arm, 2, 1200)
+    before_info = info(arm)
+    before, before_played = before_info["segment_gap_max_us"], before_info["segments_played"]
+    start = (node_now_us() + 80_000) & (E.TICKS_PERIOD - 1)
+    later = (start + 50_000 + 30_000) & (E.TICKS_PERIOD - 1)  # 30 ms after the first ends
+    other = (later + 50_000 + 70_000) & (E.TICKS_PERIOD - 1)  # another trace: not a pause
+    assert arm.request(E.SEGMENT, start, 50, E.EASE_LINEAR, 41, 2, 1300)[0] == E.ACK
+    assert arm.request(E.SEGMENT, later, 50, E.EASE_LINEAR, 41, 2, 1400)[0] == E.ACK
+    assert arm.request(E.SEGMENT, other, 50, E.EASE_LINEAR, 42, 2, 1200)[0] == E.ACK
+    time.sleep(0.45)  # all three have played by 330 ms
+    after = info(arm)
+    assert after["segment_gap_max_us"] == max(before, 30_000)
+    assert after["segments_played"] == before_played + 3
+
+
 def test_refused_targets_cause_no_motion(arm: UdpClient) -> None:
     settle(arm, 0, 1500)
     arm.events.clear()
