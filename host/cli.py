@@ -1,15 +1,20 @@
 """The `servomesh` command."""
 
 import argparse
+import logging
 import sys
 
-from servomesh.host import cli_fleet, sim, upy
+from servomesh.host import cli_fleet, logs, sim, upy
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="servomesh", description="Run servo-driven hardware from Python."
     )
+    parser.add_argument(
+        "--log-json", action="store_true", help="log as JSON lines on stderr (for collectors)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug records too")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser(
         "upy",
@@ -40,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
             print("servomesh upy: %s" % error, file=sys.stderr)
             return 2
     options = _parser().parse_args(args)
+    # Commands that run until stopped say what they do; one-shot commands only warn.
+    quiet = logging.INFO if options.command in ("sim", "demo") else logging.WARNING
+    logs.setup(
+        json_lines=options.log_json,
+        level=logging.DEBUG if options.verbose else quiet,
+        prefix="servomesh %s: " % options.command,
+    )
     if options.command == "demo":
         from servomesh.host import demo
 

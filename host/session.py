@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from servomesh.host import codec
+from servomesh.host import codec, logs
 from servomesh.host.transport import LinkError, Transport
 from servomesh.protocol import catalogue, messages
 from servomesh.protocol.cbor import DecodeError
@@ -126,7 +126,7 @@ class NodeSession:
         self.on_state = on_state
         self.on_log = on_log
         self.push_config = push_config
-        self.log = logging.LoggerAdapter(logging.getLogger(__name__), {"node": name})
+        self.log = logs.NodeLog(logging.getLogger(__name__), name)
         self.state = NodeState.CONNECTING
         self.why = "connecting"  # a clear reason for the state, for users
         self.info: dict[str, Any] = {}

@@ -342,7 +342,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(options: argparse.Namespace) -> int:
     """Start the boards, print `<node_id> <url> [<udp url>]` per board, run until SIGINT/SIGTERM."""
-    logging.basicConfig(level=logging.INFO, format="servomesh sim: %(message)s")
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
