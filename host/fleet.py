@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from servomesh.host import codec, fleet_config, oplog
+from servomesh.host import codec, fleet_config, logs, oplog
 from servomesh.host.session import (
+    TICKS_MASK,
     NodeError,
     NodeRefusedError,
     NodeSession,
@@ -148,7 +149,7 @@ class Fleet:
             await asyncio.gather(*(s.wait_ready(ready_timeout_s) for s in self.sessions.values()))
         for session in self.sessions.values():
             if not session.ready:
-                log.warning("%s: %s (%s)", session.name, session.state, session.why)
+                session.log.warning("%s (%s)", session.state, session.why)
 
     async def close(self) -> None:
         if self._playing is not None:
@@ -187,7 +188,7 @@ class Fleet:
             listener(session.name, values)
 
     def _on_log(self, session: NodeSession, message: codec.Message) -> None:
-        log.info("%s: node log %s", session.name, message.fields)
+        logs.node_log(session.log, message.fields[0], message.fields[1], message.fields[2:])
         for listener in list(self._log_listeners):
             listener(session.name, message)
 
@@ -414,6 +415,11 @@ class Fleet:
         for i in range(1, len(frames)):
             start_ns = begin_ns + at_ms[i - 1] * 1_000_000
             segments.append((i, start_ns, at_ms[i] - at_ms[i - 1]))
+        # Each node's starts are reckoned from one clock reading, not converted one by one:
+        # the offset estimate moves between heartbeats, and segment i must start exactly
+        # where segment i-1 ends in the node's clock, or the node pauses between them.
+        origin_ns = segments[0][1]
+        origin = {session.name: session.node_ticks(origin_ns) for session in sessions}
         in_flight: list[int] = []  # end times (ns) of segments sent, oldest first
         for index, start_ns, duration_ms in segments:
             while True:
@@ -430,7 +436,8 @@ class Fleet:
                 if not pairs:
                     continue
                 flat = [value for pair in pairs for value in pair]
-                start = session.node_ticks(start_ns) or 1
+                start = (origin[session.name] + (start_ns - origin_ns) // 1000) & TICKS_MASK
+                start = start or 1  # 0 means "at once"
                 requests.append(
                     session.request(
                         messages.SEGMENT, start, duration_ms, messages.EASE_LINEAR, trace, *flat

@@ -140,6 +140,22 @@ class Board:
         """Press the reset button: reset cause "hard"."""
         self._loop.call(lambda: self._restart("hard"))
 
+    def unplug(self) -> None:
+        """Pull the serial cable: the host's open port hangs up and the path does not open
+        until `replug`; the board runs on (a self-powered board on a USB cable)."""
+        relay = self._serial_relay()
+
+        def unplug() -> None:
+            relay.unplug()
+            self._watch_relay()
+
+        self._loop.call(unplug)
+
+    def replug(self) -> None:
+        """Plug the serial cable back in: the same path opens again."""
+        relay = self._serial_relay()
+        self._loop.call(relay.replug)
+
     def terminate(self) -> None:
         """Ask the interpreter to stop (SIGTERM); `wait_until` tells when it is off."""
         self._loop.call(lambda: self._signal(signal.SIGTERM))
@@ -157,6 +173,11 @@ class Board:
         """Release the ptys, once the process and the event loop have stopped."""
         if self.relay is not None:
             self.relay.close()
+
+    def _serial_relay(self) -> Relay:
+        if self.relay is None:
+            raise ValueError("%s has no serial link" % self.node_id)
+        return self.relay
 
     # -- loop thread --------------------------------------------------------------------------
 

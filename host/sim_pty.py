@@ -9,14 +9,22 @@ stays valid across resets, like a USB port that stays enumerated.
 
 import contextlib
 import errno
+import fcntl
 import os
 import select
+import struct
 import termios
 from typing import Any, Final
 
 # Index of each field in a termios attribute list (see termios.tcgetattr).
 _IFLAG, _OFLAG, _CFLAG, _LFLAG, _CC = 0, 1, 2, 3, 6
 _POSIX_VDISABLE: Final = 0  # Linux: a control character set to 0 is disabled
+
+# Linux ioctls the termios module does not name: lock a pty against opens of its slave (a
+# locked slave fails open() with EIO, as a vanished USB device node fails it with ENOENT), and
+# hang up every open file of a tty (what unplugging a USB serial adapter does to them).
+_TIOCSPTLCK: Final = 0x40045431
+_TIOCVHANGUP: Final = 0x5437
 
 _READ_SIZE: Final = 1 << 16
 #: Bytes held for a slow reader before the relay stops reading the other side (back-pressure).
@@ -86,6 +94,7 @@ class Relay:
         # opens the path, which is how the relay notices peers come and go.
         os.close(user_slave)
         self.attached = False
+        self.unplugged = False
         self.board_alive = False
         self._to_user = bytearray()
         self._to_board = bytearray()
@@ -126,9 +135,30 @@ class Relay:
         elif self.attached:
             self._flush(fd, self._to_user)
 
+    def unplug(self) -> None:
+        """Pull the cable: every peer's file on the user side hangs up (reads end, writes
+        fail with EIO) and the path refuses to open until `replug`. Needs CAP_SYS_ADMIN."""
+        if self.unplugged:
+            return
+        # The hang-up needs a file of the slave: open one before the lock forbids it.
+        own = os.open(self.user_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            fcntl.ioctl(self.user_master, _TIOCSPTLCK, struct.pack("i", 1))
+            self.unplugged = True
+            fcntl.ioctl(own, _TIOCVHANGUP)
+        finally:
+            os.close(own)
+        self._detach()
+
+    def replug(self) -> None:
+        """Plug the cable back in: the same path opens again."""
+        if self.unplugged:
+            fcntl.ioctl(self.user_master, _TIOCSPTLCK, struct.pack("i", 0))
+            self.unplugged = False
+
     def check_attached(self) -> bool:
         """Whether a peer has the user side open now (cheap: one poll with zero timeout)."""
-        if not self.attached:
+        if not self.attached and not self.unplugged:
             poller = select.poll()
             poller.register(self.user_master, select.POLLIN)
             self.attached = not any(ev & select.POLLHUP for _, ev in poller.poll(0))

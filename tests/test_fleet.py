@@ -7,10 +7,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nodeclient import UdpClient
+from nodetest import wait_ready
 
-from servomesh.host.fleet import Fleet, LimitError, StoppedError, UnknownNameError
-from servomesh.host.session import NodeOfflineError, NodeState, SessionOptions
-from servomesh.host.sim import Simulator, write_fleet_config
+from servomesh.host.fleet import Fleet, FleetError, LimitError, StoppedError, UnknownNameError
+from servomesh.host.session import (
+    NodeOfflineError,
+    NodeState,
+    SessionOptions,
+)
+from servomesh.host.sim import Board, Simulator, write_fleet_config
+from servomesh.protocol import messages
 
 FAST = SessionOptions(request_timeout_s=0.5, backoff_max_s=0.3)
 
@@ -141,5 +148,100 @@ def test_a_killed_node_is_offline_then_ready_with_a_new_boot(
             await until(lambda: session.state == NodeState.READY and session.boot_id != boot, 2)
             assert session.counters.reboots == 1
             await fleet.set("sim3_c0", 5.0)
+
+    run(main())
+
+
+def node_counters(board: Board) -> dict[str, int]:
+    """The node's counters, read over a correctly keyed link (the HELLO counts itself)."""
+    client = UdpClient(board.udp_port, board.key)
+    try:
+        return dict(wait_ready(client)[2]["counters"])
+    finally:
+        client.close()
+
+
+def test_a_wrong_key_is_a_clear_error_counted_on_both_sides_and_moves_nothing(
+    boards: tuple[Simulator, Path],
+) -> None:
+    sim, config = boards
+    wrong = config.with_name("wrong.key")
+    wrong.write_text(bytes(range(32)).hex())
+    wrong.chmod(0o600)
+    forged = config.with_name("forged.toml")
+    forged.write_text(config.read_text().replace("fleet.keys/sim-2.key", "wrong.key"))
+    before = node_counters(sim.boards[1])
+
+    async def main() -> None:
+        async with Fleet.from_config(forged, options=FAST, log_operations=False) as fleet:
+            session = fleet.sessions["sim-2"]
+            assert not session.ready
+            assert "another key" in session.why
+            row = next(row for row in fleet.nodes() if row["name"] == "sim-2")
+            assert "another key" in row["why"]
+            assert session.counters.timeouts >= 1
+            with pytest.raises(NodeOfflineError, match="sim-2"):
+                await fleet.set("sim2_c0", 30.0)
+            await fleet.set("sim3_c0", 1.0)  # the right keys still work
+
+    run(main())
+    after = node_counters(sim.boards[1])
+    assert after["auth_failed"] > before["auth_failed"]
+    # Nothing ran for the forger: only the HELLO of the second reading itself.
+    assert after["requests_executed"] == before["requests_executed"] + 1
+
+
+def test_a_protocol_mismatch_is_a_clear_error_counted_and_moves_nothing(
+    boards: tuple[Simulator, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, config = boards
+
+    async def position(joint: str) -> float | None:
+        async with Fleet.from_config(config, options=FAST, log_operations=False) as fleet:
+            await until(lambda: fleet.joint_state(joint).updated_s is not None, 3)
+            return fleet.joint_state(joint).position_deg
+
+    async def main() -> None:
+        async with Fleet.from_config(config, options=FAST, log_operations=False) as fleet:
+            await fleet.set("sim2_c3", -20.0, duration_ms=50)
+        await asyncio.sleep(0.2)
+        assert abs((await position("sim2_c3") or 99) + 20) < 1
+        with monkeypatch.context() as patch:
+            patch.setattr(messages, "PROTOCOL_VERSION", messages.PROTOCOL_VERSION + 1)
+            async with Fleet.from_config(config, options=FAST, log_operations=False) as fleet:
+                session = fleet.sessions["sim-2"]
+                assert session.state == NodeState.INCOMPATIBLE
+                assert "node speaks protocol 1, this host 2" in session.why
+                assert session.counters.version_mismatches >= 1
+                with pytest.raises(FleetError, match=r"sim-2 is incompatible.*update the firmware"):
+                    await fleet.move({"sim2_c3": 40.0}, duration_ms=50)
+        await asyncio.sleep(0.2)
+        assert abs((await position("sim2_c3") or 99) + 20) < 1
+
+    run(main())
+
+
+def test_an_unplugged_serial_link_is_seen_within_a_second_and_reconnects(
+    boards: tuple[Simulator, Path],
+) -> None:
+    sim, config = boards
+
+    async def main() -> None:
+        async with Fleet.from_config(config, options=FAST, log_operations=False) as fleet:
+            session = fleet.sessions["sim-1"]
+            assert session.transport.name.startswith("serial://")
+            boot = session.boot_id
+            sim.boards[0].unplug()
+            unplugged_at = time.monotonic()
+            await until(lambda: session.state == NodeState.OFFLINE, 1.0)
+            print("unplug seen in %.0f ms" % ((time.monotonic() - unplugged_at) * 1000))
+            with pytest.raises(NodeOfflineError, match="sim-1 is offline"):
+                await fleet.set("sim1_c0", 5.0)
+            await asyncio.sleep(0.5)  # unplugged for a while: reopening fails meanwhile
+            assert session.state == NodeState.OFFLINE
+            sim.boards[0].replug()
+            await until(lambda: session.state == NodeState.READY, 3)
+            assert session.boot_id == boot  # the board ran on: the same boot
+            await fleet.set("sim1_c0", 5.0)
 
     run(main())
