@@ -251,8 +251,7 @@ class Fleet:
             per_node = self.pulses(targets)
             sessions = [self.session(name) for name in per_node]
             for session in sessions:
-                if not session.ready:
-                    raise FleetError("%s is %s: %s" % (session.name, session.state, session.why))
+                session.check_ready()  # all or none: no node moves while another cannot
             lead_ms = START_LEAD_MS + max((s.counters.rtt_ms or 0) * 2 for s in sessions)
             start_ns = time.monotonic_ns() + int(lead_ms * 1_000_000)
             scheduled = len(per_node) > 1  # one node alone starts at once

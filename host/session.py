@@ -194,11 +194,15 @@ class NodeSession:
         Raises NodeRefusedError for an ERROR reply, NodeOfflineError when the node is not
         ready (at once, without waiting), NodeTimeoutError after the last retry.
         """
+        self.check_ready()
+        return await self.request_now(kind, *fields, timeout_s=timeout_s)
+
+    def check_ready(self) -> None:
+        """Raise NodeIncompatibleError or NodeOfflineError, with the reason, unless ready."""
         if not self.ready:
             if self.state == NodeState.INCOMPATIBLE:
                 raise NodeIncompatibleError("%s is incompatible: %s" % (self.name, self.why))
             raise NodeOfflineError("%s is %s: %s" % (self.name, self.state, self.why))
-        return await self.request_now(kind, *fields, timeout_s=timeout_s)
 
     async def request_now(
         self, kind: int, *fields: Any, timeout_s: float | None = None

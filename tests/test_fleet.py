@@ -10,8 +10,9 @@ import pytest
 from nodeclient import UdpClient
 from nodetest import wait_ready
 
-from servomesh.host.fleet import Fleet, FleetError, LimitError, StoppedError, UnknownNameError
+from servomesh.host.fleet import Fleet, LimitError, StoppedError, UnknownNameError
 from servomesh.host.session import (
+    NodeIncompatibleError,
     NodeOfflineError,
     NodeState,
     SessionOptions,
@@ -213,7 +214,7 @@ def test_a_protocol_mismatch_is_a_clear_error_counted_and_moves_nothing(
                 assert session.state == NodeState.INCOMPATIBLE
                 assert "node speaks protocol 1, this host 2" in session.why
                 assert session.counters.version_mismatches >= 1
-                with pytest.raises(FleetError, match=r"sim-2 is incompatible.*update the firmware"):
+                with pytest.raises(NodeIncompatibleError, match=r"sim-2 is incompatible.*firmware"):
                     await fleet.move({"sim2_c3": 40.0}, duration_ms=50)
         await asyncio.sleep(0.2)
         assert abs((await position("sim2_c3") or 99) + 20) < 1
