@@ -46,6 +46,7 @@ class Dispatcher:
         self._cache_count = [0] * CACHE_SIZE
         self._cache_ms = [0] * CACHE_SIZE
         self._cache_next = 0
+        self.contact = False  # whether the last request came from a host (not a scan)
 
     def handle(self, link, peer, data, start, end):
         """Answer the request in `data[start:end]` from `peer` (an int naming the sender on its
@@ -53,6 +54,7 @@ class Dispatcher:
         event kind sent to a node is not a request)."""
         values = self.values
         counters = self.node.counters
+        self.contact = False
         try:
             count = cbor.decode_ints_into(data, start, end, values)
             if count < 0:
@@ -72,7 +74,10 @@ class Dispatcher:
         if not link.bound_to_boot() and kind not in messages.READ_ONLY_KINDS:
             # Possibly recorded before this boot: the host must HELLO and bind to it.
             return self._error(seq, messages.E_UNBOUND, 0)
-        self.node.host_seen(link)
+        # DISCOVER is a scan, not a host: it must not arm the failsafe or take the telemetry.
+        self.contact = kind != messages.DISCOVER
+        if self.contact:
+            self.node.host_seen(link)
         if kind == messages.HELLO:
             self._forget(peer)
         else:

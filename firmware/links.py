@@ -119,9 +119,12 @@ class UdpLink:
             end = receiver.accept(packet)
         except datagram.DatagramError:
             return  # counted by the receiver; an unauthenticated peer gets no answer
+        previous = self.address
         self.address = address  # before dispatching: events it causes go to this host
         dispatcher = self.node.dispatcher
         size = dispatcher.handle(self, receiver.sender_id, packet, datagram.HEADER_BYTES, end)
+        if not dispatcher.contact:
+            self.address = previous  # a scan or a refused request: the host stays where it was
         if size:
             self._sendto(dispatcher.out, size, address)
 

@@ -1,6 +1,7 @@
 """The node firmware on simulated boards: every message kind over UDP and a pty serial link,
 hostile traffic, the reply cache, and the unconfigured state."""
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,7 +10,7 @@ from nodeclient import Client, NoReplyError, SerialClient, UdpClient
 from nodetest import channel, info, serial_client, udp_client, wait_ready
 
 from servomesh.host.sim import Simulator
-from servomesh.protocol import catalogue, cbor, messages, stream
+from servomesh.protocol import catalogue, cbor, datagram, messages, stream
 
 E = messages
 
@@ -134,6 +135,26 @@ def test_telemetry_streams_state(client: Client) -> None:
 
 def test_discover_answers_with_identity(client: Client) -> None:
     assert client.request(E.DISCOVER)[0] == E.INFO
+
+
+def test_a_discover_scan_takes_neither_the_telemetry_nor_the_host_role(sim: Simulator) -> None:
+    board = sim.boards[1]
+    host = udp_client(board)
+    scanner = UdpClient(board.udp_port, board.key)
+    scanner.sender = datagram.Sender(0xFFFF, board.key, 1)  # discovery's own sender id
+    try:
+        assert host.request(E.TELEMETRY, 20)[0] == E.ACK
+        host.wait_event(E.STATE, 1.0)
+        assert scanner.request(E.DISCOVER)[0] == E.INFO
+        host.events.clear()
+        time.sleep(0.2)
+        assert scanner.events == []  # no STATE, no LOG went to the scanner
+        assert scanner.receive_bodies(0.0) == []
+        host.wait_event(E.STATE, 0.5)  # the host's stream goes on
+        assert host.request(E.TELEMETRY, 0)[0] == E.ACK
+    finally:
+        host.close()
+        scanner.close()
 
 
 def test_repeated_request_is_answered_not_executed(client: Client) -> None:
