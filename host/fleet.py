@@ -107,6 +107,10 @@ class Fleet:
         self._listeners: list[Callable[[str, list[Any]], None]] = []
         self._log_listeners: list[Callable[[str, codec.Message], None]] = []
         self._playing: asyncio.Task[None] | None = None
+        self._playing_name: str | None = None
+        self._playing_nodes: list[str] = []
+        self._status_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._operation_listeners: list[Callable[[oplog.Operation], None]] = []
         self.oplog = oplog.OperationLog(config.host.data_dir) if log_operations else None
         base = options or SessionOptions()
         for name, node in config.nodes.items():
@@ -179,6 +183,27 @@ class Fleet:
     def subscribe_logs(self, listener: Callable[[str, codec.Message], None]) -> Callable[[], None]:
         self._log_listeners.append(listener)
         return lambda: self._log_listeners.remove(listener)
+
+    def subscribe_status(self, listener: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+        """Call `listener(status())` when the fleet is stopped or cleared and when a sequence
+        starts or ends; returns the unsubscriber."""
+        self._status_listeners.append(listener)
+        return lambda: self._status_listeners.remove(listener)
+
+    def subscribe_operations(
+        self, listener: Callable[[oplog.Operation], None]
+    ) -> Callable[[], None]:
+        """Call `listener(operation)` for every command recorded; returns the unsubscriber."""
+        self._operation_listeners.append(listener)
+        return lambda: self._operation_listeners.remove(listener)
+
+    def status(self) -> dict[str, Any]:
+        return {"stopped": self.stopped, "playing": self.playing}
+
+    def _status_changed(self) -> None:
+        status = self.status()
+        for listener in list(self._status_listeners):
+            listener(status)
 
     def _on_state(self, session: NodeSession, message: codec.Message) -> None:
         values = [message.kind, message.seq, *message.fields]
@@ -326,6 +351,7 @@ class Fleet:
         self.stopped = True
         if self._playing is not None:
             self._playing.cancel()
+        self._status_changed()
         mode = messages.STOP_RELEASE if release else messages.STOP_HOLD
         error = await self._everywhere(messages.STOP, mode, trace)
         self._record("stop", {}, trace, error, started, source)
@@ -340,9 +366,23 @@ class Fleet:
         error = await self._everywhere(messages.CLEAR, trace)
         if error is None:
             self.stopped = False
+            self._status_changed()
         self._record("clear", {}, trace, error, started, source)
         if error is not None:
             raise error
+        return trace
+
+    async def reboot(self, name: str, *, delay_ms: int = 100, source: str | None = None) -> int:
+        """Reboot node `name`; its session sees the new boot, re-pushes its config and is
+        ready again a moment later."""
+        trace = next(self._trace)
+        started = time.monotonic()
+        try:
+            await self.session(name).request(messages.REBOOT, delay_ms)
+        except Exception as error:
+            self._record("reboot", {}, trace, error, started, source, name)
+            raise
+        self._record("reboot", {}, trace, None, started, source, name)
         return trace
 
     async def _everywhere(self, kind: int, *fields: int) -> FleetError | None:
@@ -365,30 +405,94 @@ class Fleet:
     async def play(self, name: str, *, lead_in_ms: int = 500, source: str | None = None) -> int:
         """Play sequence `name`: a synchronized move to its first keyframe over `lead_in_ms`,
         then its keyframes as queued segments, streamed ahead. Returns when it has played."""
+        trace, task = self._start_sequence(name, lead_in_ms, source)
+        await task
+        return trace
+
+    def start_sequence(self, name: str, *, lead_in_ms: int = 500, source: str | None = None) -> int:
+        """Start playing sequence `name` in the background (see `play`); returns its trace id.
+        `playing` names it until it ends; its result goes to the operation log."""
+        return self._start_sequence(name, lead_in_ms, source)[0]
+
+    def _start_sequence(
+        self, name: str, lead_in_ms: int, source: str | None
+    ) -> tuple[int, asyncio.Task[None]]:
         try:
             sequence = self.config.sequences[name]
         except KeyError:
             raise UnknownNameError("no sequence named %r" % name) from None
-        if self._playing is not None and not self._playing.done():
-            raise FleetError("a sequence is playing: stop it first")
+        if self.playing is not None:
+            raise FleetError("sequence %r is playing: stop it first" % self.playing)
+        self._check_not_stopped()
         frames = [self._frame_targets(frame) for frame in sequence.keyframes]
         trace = next(self._trace)
-        started = time.monotonic()
-        task = asyncio.create_task(self._play(frames, sequence, lead_in_ms, trace))
-        self._playing = task
-        try:
+        task = asyncio.create_task(
+            self._play_and_record(name, frames, sequence, lead_in_ms, trace, source)
+        )
+        task.add_done_callback(self._sequence_ended)
+        self._playing, self._playing_name = task, name
+        self._status_changed()
+        return trace, task
+
+    def _sequence_ended(self, task: "asyncio.Task[None]") -> None:
+        # Nobody awaits a sequence started in the background: say here how it ended.
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("sequence stopped: %s", task.exception())
+
+    @property
+    def playing(self) -> str | None:
+        """The sequence playing now, if any."""
+        return self._playing_name
+
+    async def stop_sequence(self) -> bool:
+        """Stop the sequence playing, if any: its nodes drop the segments they hold and stay
+        where they are (a STOP hold then CLEAR on those nodes; the fleet is not left stopped).
+        Returns whether one was playing."""
+        task = self._playing
+        if task is None or task.done():
+            return False
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, FleetError, NodeError):
             await task
+        if not self.stopped:
+            nodes = self._playing_nodes
+            trace = next(self._trace)
+            for kind, fields in (
+                (messages.STOP, (messages.STOP_HOLD, trace)),
+                (messages.CLEAR, (trace,)),
+            ):
+                await asyncio.gather(
+                    *(self.sessions[n].request(kind, *fields) for n in nodes),
+                    return_exceptions=True,
+                )
+        return True
+
+    async def _play_and_record(
+        self,
+        name: str,
+        frames: list[dict[str, float]],
+        sequence: fleet_config.Sequence,
+        lead_in_ms: int,
+        trace: int,
+        source: str | None,
+    ) -> None:
+        started = time.monotonic()
+        try:
+            while True:
+                await self._play(frames, sequence, lead_in_ms, trace)
+                if not sequence.loop:
+                    break
+        except asyncio.CancelledError as error:
+            self._record("sequence", {}, trace, StoppedError("stopped"), started, source, name)
+            raise error
         except Exception as error:
             self._record("sequence", {}, trace, error, started, source, name)
             raise
-        self._record("sequence", {}, trace, None, started, source, name)
-        return trace
-
-    def stop_sequence(self) -> bool:
-        if self._playing is None or self._playing.done():
-            return False
-        self._playing.cancel()
-        return True
+        else:
+            self._record("sequence", {}, trace, None, started, source, name)
+        finally:
+            self._playing_name = None
+            self._status_changed()
 
     def _frame_targets(self, frame: fleet_config.Keyframe) -> dict[str, float]:
         if frame.pose is not None:
@@ -405,6 +509,7 @@ class Fleet:
         self._check_not_stopped()
         per_frame = [self.pulses(targets) for targets in frames]
         nodes = sorted({node for frame in per_frame for node in frame})
+        self._playing_nodes = nodes
         sessions = [self.session(node) for node in nodes]
         begin_ns = time.monotonic_ns() + (START_LEAD_MS + lead_in_ms) * 1_000_000
         at_ms = [frame.at_ms for frame in sequence.keyframes]
@@ -500,34 +605,37 @@ class Fleet:
         source: str | None,
         detail: str = "",
     ) -> None:
-        if self.oplog is None:
-            return
-        if error is None:
-            result = "ok"
-        elif isinstance(error, NodeRefusedError):
-            result = error.reason
-        elif isinstance(error, NodeTimeoutError):
-            result = "timeout"
-        elif isinstance(error, LimitError):
-            result = "out_of_limits"
-        elif isinstance(error, StoppedError):
-            result = "stopped"
-        elif isinstance(error, UnknownNameError):
-            result = "unknown"
-        else:
-            result = "offline" if isinstance(error, NodeError) else "error"
-        self.oplog.append(
-            oplog.Operation(
-                time_s=time.time(),
-                source=source or self.source,
-                action=action,
-                joints=dict(targets),
-                trace_id=trace,
-                result=result,
-                detail=detail or (str(error) if error is not None else ""),
-                latency_ms=(time.monotonic() - started) * 1000,
-            )
+        operation = oplog.Operation(
+            time_s=time.time(),
+            source=source or self.source,
+            action=action,
+            joints=dict(targets),
+            trace_id=trace,
+            result=_result(error),
+            detail=detail or (str(error) if error is not None else ""),
+            latency_ms=(time.monotonic() - started) * 1000,
         )
+        if self.oplog is not None:
+            self.oplog.append(operation)
+        for listener in list(self._operation_listeners):
+            listener(operation)
+
+
+def _result(error: BaseException | None) -> str:
+    """An operation's result: "ok" or what went wrong, as the operation log names it."""
+    if error is None:
+        return "ok"
+    if isinstance(error, NodeRefusedError):
+        return error.reason
+    if isinstance(error, NodeTimeoutError):
+        return "timeout"
+    if isinstance(error, LimitError):
+        return "out_of_limits"
+    if isinstance(error, StoppedError):
+        return "stopped"
+    if isinstance(error, UnknownNameError):
+        return "unknown"
+    return "offline" if isinstance(error, NodeError) else "error"
 
 
 def _deg(joint: fleet_config.Joint, pulse_us: int) -> float | None:

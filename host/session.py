@@ -337,6 +337,8 @@ class NodeSession:
             received = time.monotonic_ns()
             rtt_us = (received - sent) // 1000
             offset = (reply.fields[0] - (sent + received) // 2000) & TICKS_MASK
+            if offset >= messages.TICKS_PERIOD // 2:
+                offset -= messages.TICKS_PERIOD  # shown signed: a node a little behind is -12
             self._samples.append((rtt_us, offset))
         rtt_us, offset = min(self._samples)
         self.counters.clock_offset_us = offset
