@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -269,6 +270,16 @@ class Fleet:
     ) -> int:
         """Move joints to `targets` (degrees), all starting at one instant, arriving together
         after `duration_ms` (0: each as fast as its limits allow). Returns the trace id."""
+        return await self._move(targets, duration_ms, source, "move", "")
+
+    async def _move(
+        self,
+        targets: dict[str, float],
+        duration_ms: int,
+        source: str | None,
+        action: str,
+        detail: str,
+    ) -> int:
         trace = next(self._trace)
         started = time.monotonic()
         try:
@@ -289,9 +300,9 @@ class Fleet:
                 )
             )
         except Exception as error:
-            self._record("move", targets, trace, error, started, source)
+            self._record(action, targets, trace, error, started, source, detail)
             raise
-        self._record("move", targets, trace, None, started, source)
+        self._record(action, targets, trace, None, started, source, detail)
         return trace
 
     async def _move_node(
@@ -342,7 +353,7 @@ class Fleet:
             targets = self.config.poses[name]
         except KeyError:
             raise UnknownNameError("no pose named %r" % name) from None
-        return await self.move(dict(targets), duration_ms, source=source)
+        return await self._move(dict(targets), duration_ms, source, "pose", name)
 
     async def stop(self, release: bool = False, *, source: str | None = None) -> int:
         """Stop every node (latched until clear); nodes that do not answer are named."""
@@ -510,6 +521,7 @@ class Fleet:
         per_frame = [self.pulses(targets) for targets in frames]
         nodes = sorted({node for frame in per_frame for node in frame})
         self._playing_nodes = nodes
+        lead_in_ms = max(lead_in_ms, self._lead_in_ms(frames[0]))
         sessions = [self.session(node) for node in nodes]
         begin_ns = time.monotonic_ns() + (START_LEAD_MS + lead_in_ms) * 1_000_000
         at_ms = [frame.at_ms for frame in sequence.keyframes]
@@ -551,6 +563,17 @@ class Fleet:
             in_flight.append(start_ns + duration_ms * 1_000_000)
         end_ns = begin_ns + at_ms[-1] * 1_000_000
         await asyncio.sleep(max(0.0, (end_ns - time.monotonic_ns()) / 1e9))
+
+    def _lead_in_ms(self, targets: dict[str, float]) -> int:
+        """How long the move to `targets` takes at the joints' speed limits, from where they
+        are: a lead-in shorter than that would be refused by the nodes as too fast."""
+        slowest = 0.0
+        for name, deg in targets.items():
+            joint = self.joint(name)
+            here = self.joint_state(name).position_deg
+            if joint.speed_deg_per_s and here is not None:
+                slowest = max(slowest, abs(deg - here) / joint.speed_deg_per_s)
+        return math.ceil(slowest * 1100)  # 10% over: the node rounds its limit its own way
 
     # -- config and status -------------------------------------------------------------------
 
@@ -612,7 +635,8 @@ class Fleet:
             joints=dict(targets),
             trace_id=trace,
             result=_result(error),
-            detail=detail or (str(error) if error is not None else ""),
+            # what the command named (a pose, a sequence), then what went wrong
+            detail=": ".join(part for part in (detail, str(error or "")) if part),
             latency_ms=(time.monotonic() - started) * 1000,
         )
         if self.oplog is not None:

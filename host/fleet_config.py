@@ -669,6 +669,38 @@ class _Checker:
                 if not frame.joints:
                     self.add((*here, "joints"), "must give at least one joint")
                 self.angles(frame.joints, (*here, "joints"))
+        self.sequence_speeds(sequence, at)
+
+    def sequence_speeds(self, sequence: Sequence, at: tuple[str, str]) -> None:
+        """Each keyframe's joints move during the segment that ends at it, from where the
+        sequence last put them: the nodes refuse a segment faster than a joint's speed limit,
+        so say so here, before anything moves. (The first keyframe is reached by a lead-in
+        that the host times itself.)"""
+        last: dict[str, float] = {}
+        for index, frame in enumerate(sequence.keyframes):
+            targets = self.fleet.poses.get(frame.pose, {}) if frame.pose else frame.joints or {}
+            span_ms = frame.at_ms - sequence.keyframes[index - 1].at_ms if index else 0
+            for name, deg in targets.items():
+                joint = self.fleet.joints.get(name)
+                if joint is None or not math.isfinite(deg):
+                    continue  # reported by angles()
+                if index and span_ms > 0 and name in last and joint.speed_deg_per_s:
+                    speed = abs(deg - last[name]) * 1000 / span_ms
+                    if speed > joint.speed_deg_per_s:
+                        where = (*at, "keyframes", index, "pose" if frame.pose else "joints")
+                        text = "%s moves %g deg in %d ms, %.0f deg/s: over its speed_deg_per_s %g"
+                        self.add(
+                            (*where, name) if not frame.pose else where,
+                            text
+                            % (
+                                name,
+                                abs(deg - last[name]),
+                                span_ms,
+                                speed,
+                                joint.speed_deg_per_s,
+                            ),
+                        )
+                last[name] = deg
 
 
 def _unknown(kind: str, name: str, known: Mapping[str, object]) -> str:

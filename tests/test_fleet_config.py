@@ -293,6 +293,13 @@ BAD = {
         "poses.wave.elbow: 95 deg is outside the limits of joints.elbow, -90 .. 90 deg",
     ),
     "empty pose": (BASE + "[poses.wave]\n", "poses.wave: must give at least one joint"),
+    "sequence faster than a joint may go": (
+        BASE
+        + "speed_deg_per_s = 60\n[sequences.nod]\nkeyframes = [{at_ms = 0, joints = {elbow = 0}},"
+        " {at_ms = 500, joints = {elbow = 45}}]\n",
+        "sequences.nod.keyframes[1].joints.elbow: elbow moves 45 deg in 500 ms, 90 deg/s: "
+        "over its speed_deg_per_s 60",
+    ),
     "keyframes not increasing": (
         BASE + "[sequences.nod]\nkeyframes = [{at_ms = 0, joints = {elbow = 0}},"
         " {at_ms = 0, joints = {elbow = 10}}]\n",
