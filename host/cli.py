@@ -4,7 +4,7 @@ import argparse
 import logging
 import sys
 
-from servomesh.host import cli_fleet, logs, sim, upy
+from servomesh.host import cli_fleet, cli_serve, logs, sim, upy
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,9 +21,11 @@ def _parser() -> argparse.ArgumentParser:
         help="run the MicroPython unix port with the device tree importable as on a board",
         description="Every argument after `upy` goes to the interpreter unchanged.",
     )
-    commands.add_parser(
-        "demo", help="run the protocol between CPython and a MicroPython unix-port process"
+    demo = commands.add_parser(
+        "demo",
+        help="simulated nodes, the example fleet and the dashboard, until Ctrl-C",
     )
+    demo.add_argument("--port", type=int, default=cli_serve.DEFAULT_PORT, help="HTTP port")
     sim.add_arguments(
         commands.add_parser(
             "sim",
@@ -33,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         )
     )
     cli_fleet.add_arguments(commands)
+    cli_serve.add_arguments(commands)
     return parser
 
 
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     options = _parser().parse_args(args)
     # Commands that run until stopped say what they do; one-shot commands only warn.
-    quiet = logging.INFO if options.command in ("sim", "demo") else logging.WARNING
+    quiet = logging.INFO if options.command in ("sim", "demo", "serve") else logging.WARNING
     logs.setup(
         json_lines=options.log_json,
         level=logging.DEBUG if options.verbose else quiet,
@@ -55,9 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     if options.command == "demo":
         from servomesh.host import demo
 
-        return demo.run()
+        return demo.run(options.port)
     if options.command == "sim":
         return sim.run(options)
+    if options.command in ("serve", "token"):
+        return cli_serve.run(options)
     return cli_fleet.run(options)
 
 

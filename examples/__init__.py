@@ -1,0 +1,1 @@
+"""Example fleet configs; they ship with servomesh (`servomesh demo` runs arm.toml)."""

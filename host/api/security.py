@@ -1,0 +1,64 @@
+"""Who may call what: the bearer-token dependency of every route, and the WebSocket's check
+(token as a subprotocol, and an Origin of this server's own or one configured)."""
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Final
+
+from fastapi import Depends, Request, WebSocket
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from servomesh.host.api.auth import LOCAL, Identity, Role, TokenStore
+from servomesh.host.api.errors import ApiError
+
+SUBPROTOCOL: Final = "servomesh"
+TOKEN_PREFIX: Final = "bearer."  # noqa: S105 (a subprotocol's prefix, not a secret)
+
+_bearer = HTTPBearer(auto_error=False, description="A token from `servomesh token`")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def identify(tokens: TokenStore, token: str | None) -> Identity:
+    """The identity a request acts as; ApiError 401 without a known token."""
+    if not tokens:
+        return LOCAL
+    if not token:
+        raise ApiError(401, "unauthorized", "send a token: Authorization: Bearer TOKEN")
+    identity = tokens.identify(token)
+    if identity is None:
+        raise ApiError(401, "unauthorized", "unknown token")
+    return identity
+
+
+def require(role: Role) -> Callable[[Request, Credentials], Awaitable[Identity]]:
+    """A dependency that lets a request through when its token has at least `role`."""
+
+    async def check(request: Request, credentials: Credentials) -> Identity:
+        token = credentials.credentials if credentials is not None else None
+        identity = identify(request.app.state.tokens, token)
+        if identity.role < role:
+            raise ApiError(403, "forbidden", "this needs the %s role" % role.label)
+        return identity
+
+    return check
+
+
+Viewer = Annotated[Identity, Depends(require(Role.VIEWER))]
+Operator = Annotated[Identity, Depends(require(Role.OPERATOR))]
+Admin = Annotated[Identity, Depends(require(Role.ADMIN))]
+
+
+def websocket_identity(websocket: WebSocket, origins: frozenset[str]) -> Identity:
+    """Check a WebSocket's token (offered as subprotocol `bearer.TOKEN`) and its Origin.
+    ApiError 401 or 403 says why it may not connect."""
+    offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",")]
+    token = next(
+        (p[len(TOKEN_PREFIX) :] for p in offered if p.startswith(TOKEN_PREFIX)),
+        None,
+    )
+    identity = identify(websocket.app.state.tokens, token)
+    origin = websocket.headers.get("origin")
+    host = websocket.headers.get("host", "")
+    own = {"http://" + host, "https://" + host}
+    if origin is None or (origin not in own and origin not in origins):
+        raise ApiError(403, "forbidden", "the Origin %r is not this server's" % origin)
+    return identity
