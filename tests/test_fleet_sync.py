@@ -121,6 +121,8 @@ def test_a_sequence_of_200_keyframes_plays_without_a_gap(fleet_file: Path) -> No
                 played = info["segments_played"] - before[name]["segments_played"]
                 assert played == KEYFRAMES, (name, played)  # the lead-in and 199 more
                 # Measured by the node between consecutive segments of this play.
+                print("%s: %d segments, longest pause %d us"
+                      % (name, played, info["segment_gap_max_us"]))  # fmt: skip
                 assert info["segment_gap_max_us"] <= CONTROL_TICK_US, (name, info)
             final = 20 * math.sin((KEYFRAMES - 1) / 15)
             await asyncio.sleep(0.1)
