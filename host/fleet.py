@@ -614,9 +614,19 @@ class Fleet:
                     "reconnects": counters.reconnects,
                     "reboots": counters.reboots,
                     "refused": dict(counters.refused_by_reason),
+                    "rejected": self._rejected(session),
                 }
             )
         return rows
+
+    @staticmethod
+    def _rejected(session: NodeSession) -> dict[str, int]:
+        """What this host refused from the node's link, by reason: frames or datagrams, and
+        bodies that are no message of the catalogue."""
+        rejected = session.transport.rejected()
+        if session.counters.undecodable:
+            rejected["undecodable"] = session.counters.undecodable
+        return rejected
 
     def _record(
         self,

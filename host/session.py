@@ -103,6 +103,7 @@ class SessionCounters:
     clock_offset_us: int | None = None
     clock_uncertainty_us: int | None = None
     refused_by_reason: dict[str, int] = field(default_factory=dict)
+    undecodable: int = 0  # bodies from the node that are not messages of the catalogue
 
 
 class NodeSession:
@@ -283,6 +284,7 @@ class NodeSession:
         try:
             message = codec.decode(body)
         except DecodeError as error:
+            self.counters.undecodable += 1
             self.log.debug("undecodable body: %s", error)
             return
         if message.kind == messages.STATE:

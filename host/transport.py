@@ -4,8 +4,8 @@ A transport moves message bodies: `send(body, kind)` and a `receive` callback wi
 that arrives, plus `lost` when the link itself goes away (a serial port unplugged). What the
 bodies mean is the session's business (session.py).
 
-UDP: one asyncio datagram endpoint (`UdpHub`) serves every UDP node; datagrams are routed to
-the node's transport by source address and authenticated with that node's key. Serial:
+UDP: one socket on the event loop (`UdpHub`) serves every UDP node; datagrams are routed to the
+node's transport by source address and authenticated with that node's key. Serial:
 pyserial opened non-blocking, read through the event loop's reader callbacks, so a slow port
 never blocks the loop.
 """
@@ -15,8 +15,9 @@ import contextlib
 import logging
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import serial
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 HOST_SENDER_ID = 1
 KEY_ID = 1
+RECV_BATCH = 64  # datagrams per wake-up: other callbacks wait at most that many (~2 ms)
 Receive = Callable[[bytes], None]
 Lost = Callable[[str], None]
 
@@ -46,46 +48,46 @@ class Transport(Protocol):
     async def open(self, receive: Receive, lost: Lost) -> None: ...
     def send(self, body: bytes, bound_to: int | None) -> None: ...
     def close(self) -> None: ...
-
-
-class _HubProtocol(asyncio.DatagramProtocol):
-    def __init__(self, hub: "UdpHub") -> None:
-        self.hub = hub
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self.hub.deliver(data, (addr[0], addr[1]))
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable and the like: the node is not there (yet); timeouts say so.
-        log.debug("udp: %s", exc)
+    def rejected(self) -> dict[str, int]: ...
 
 
 class UdpHub:
-    """One UDP socket for every UDP node; `on_unknown` gets datagrams from other addresses."""
+    """One UDP socket for every UDP node; `on_unknown` gets datagrams from other addresses.
+
+    The socket is read through the event loop's reader callback, up to RECV_BATCH datagrams
+    per wake-up: asyncio's datagram transport reads one per wake-up, and with telemetry from
+    hundreds of nodes its wake-ups cost more than the datagrams themselves.
+    """
 
     def __init__(self, bind: tuple[str, int] = ("0.0.0.0", 0)) -> None:  # noqa: S104
         self.bind = bind
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._backlog: deque[tuple[bytes, tuple[str, int]]] = deque()  # sends the kernel refused
         self._routes: dict[tuple[str, int], UdpTransport] = {}
         self.on_unknown: Callable[[bytes, tuple[str, int]], None] | None = None
         self.unrouted = 0
 
     async def start(self) -> None:
-        if self._transport is not None:
+        if self._sock is not None:
             return
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
-        sock.bind(self.bind)
-        sock.setblocking(False)
-        transport, _ = await loop.create_datagram_endpoint(lambda: _HubProtocol(self), sock=sock)
-        self._transport = transport
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+            sock.bind(self.bind)
+            sock.setblocking(False)
+            loop.add_reader(sock.fileno(), self._readable)
+        except OSError:
+            sock.close()
+            raise
+        self._sock, self._loop = sock, loop
 
     def address(self) -> tuple[str, int]:
-        if self._transport is None:
+        if self._sock is None:
             raise LinkError("the UDP hub is not started")
-        host, port = self._transport.get_extra_info("sockname")[:2]
+        host, port = self._sock.getsockname()[:2]
         return host, port
 
     def route(self, address: tuple[str, int], transport: "UdpTransport | None") -> None:
@@ -95,9 +97,54 @@ class UdpHub:
             self._routes[address] = transport
 
     def sendto(self, packet: bytes, address: tuple[str, int]) -> None:
-        if self._transport is None or self._transport.is_closing():
+        sock = self._sock
+        if sock is None or self._loop is None:
             raise LinkError("the UDP hub is closed")
-        self._transport.sendto(packet, address)
+        if not self._backlog:
+            try:
+                sock.sendto(packet, address)
+                return
+            except (BlockingIOError, InterruptedError):
+                self._loop.add_writer(sock.fileno(), self._writable)
+            except OSError as error:
+                self._error(error)
+                return
+        self._backlog.append((packet, address))  # in order, once the socket takes more
+
+    def _writable(self) -> None:
+        sock = self._sock
+        while sock is not None and self._backlog:
+            packet, address = self._backlog[0]
+            try:
+                sock.sendto(packet, address)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                self._error(error)
+            self._backlog.popleft()
+        if sock is not None and self._loop is not None:
+            self._loop.remove_writer(sock.fileno())
+
+    def _readable(self) -> None:
+        sock = self._sock
+        for _ in range(RECV_BATCH):
+            if sock is None:
+                return  # closed by a callback of the previous datagram
+            try:
+                # One byte more than a datagram may have: a longer one arrives cut, and the
+                # receiver still rejects it for its size.
+                data, address = sock.recvfrom(datagram.MAX_DATAGRAM + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                self._error(error)
+                return
+            self.deliver(data, address)  # (host, port): the socket is AF_INET
+            sock = self._sock
+
+    def _error(self, error: OSError) -> None:
+        # ICMP port unreachable and the like: the node is not there (yet); timeouts say so.
+        log.debug("udp: %s", error)
 
     def deliver(self, data: bytes, address: tuple[str, int]) -> None:
         transport = self._routes.get(address)
@@ -109,9 +156,14 @@ class UdpHub:
             self.unrouted += 1
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        sock, self._sock = self._sock, None
+        self._backlog.clear()
+        if sock is None:
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(sock.fileno())
+            self._loop.remove_writer(sock.fileno())
+        sock.close()
 
 
 class UdpTransport:
@@ -144,14 +196,19 @@ class UdpTransport:
 
     def datagram(self, data: bytes) -> None:
         try:
-            body = self.receiver.open(data)[1]
+            end = self.receiver.accept(data)  # open() without its tuple and copy: hot path
         except datagram.DatagramError:
             return  # counted in receiver.rejected by reason
         if self._receive is not None:
-            self._receive(body)
+            self._receive(data[datagram.HEADER_BYTES : end])
 
     def send(self, body: bytes, bound_to: int | None) -> None:
         self.hub.sendto(self.sender.seal(body, bound_to=bound_to), self.address)
+
+    def rejected(self) -> dict[str, int]:
+        """Datagrams from the node's address this host refused, by reason (forged, replayed,
+        malformed: protocol/datagram.py REASONS)."""
+        return {reason: n for reason, n in self.receiver.rejected.items() if n}
 
     def close(self) -> None:
         self.hub.route(self.address, None)
@@ -168,6 +225,7 @@ class SerialTransport:
         self.path, self.baud = path, baud
         self._port: serial.Serial | None = None
         self._decoder = stream.FrameDecoder()
+        self._dropped: dict[str, int] = {}  # by earlier decoders: one per opening
         self._receive: Receive | None = None
         self._lost: Lost | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -178,6 +236,7 @@ class SerialTransport:
         except (serial.SerialException, OSError) as error:
             raise LinkError("%s: cannot open: %s" % (self.name, error)) from None
         self._port, self._receive, self._lost = port, receive, lost
+        self._dropped = self.rejected()
         self._decoder = stream.FrameDecoder()
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(port.fileno(), self._readable)
@@ -212,6 +271,15 @@ class SerialTransport:
         except (serial.SerialException, OSError) as error:
             self._fail("%s: %s" % (self.name, error))
             raise LinkError("%s: write failed: %s" % (self.name, error)) from None
+
+    def rejected(self) -> dict[str, int]:
+        """Frames from the port this host dropped, by reason (bad CRC, escape or length:
+        protocol/stream.py REASONS), over every opening of the port."""
+        total = dict(self._dropped)
+        for reason, n in self._decoder.errors.items():
+            if n:
+                total[reason] = total.get(reason, 0) + n
+        return total
 
     def close(self) -> None:
         port, self._port = self._port, None

@@ -1,0 +1,77 @@
+"""The host's transports count what they refuse from a node's link, by reason."""
+
+import asyncio
+import os
+import socket
+
+from servomesh.host import codec
+from servomesh.host.transport import SerialTransport, UdpHub, UdpTransport
+from servomesh.protocol import datagram, messages, stream
+
+KEY = bytes(range(32))
+PONG = codec.encode(messages.PONG, 7, 1234)
+
+
+def run(coro: object) -> object:
+    return asyncio.run(asyncio.wait_for(coro, 10))  # type: ignore[arg-type]
+
+
+async def settle(check: object) -> None:
+    for _ in range(200):
+        if check():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not in 2 s")
+
+
+def test_udp_counts_forged_and_replayed_datagrams_and_passes_the_good_one() -> None:
+    node = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    node.bind(("127.0.0.1", 0))
+    received: list[bytes] = []
+
+    async def main() -> dict[str, int]:
+        hub = UdpHub(("127.0.0.1", 0))
+        port = node.getsockname()[1]
+        transport = UdpTransport(hub, "127.0.0.1", port, KEY)
+        await transport.open(received.append, lambda why: None)
+        to_host = hub.address()
+        good = datagram.Sender(5, KEY, 1, counter=100).seal(PONG)
+        forged = datagram.Sender(5, bytes(32), 1, counter=200).seal(PONG)
+        for packet in (good, good, forged, b"garbage"):  # the second is a replay
+            node.sendto(packet, to_host)
+        await settle(lambda: sum(transport.rejected().values()) == 3)
+        hub.close()
+        return transport.rejected()
+
+    try:
+        rejected = run(main())
+    finally:
+        node.close()
+    assert received == [PONG]
+    assert rejected == {"replay": 1, "bad_tag": 1, "malformed": 1}
+
+
+def test_serial_counts_bad_frames_across_reopenings() -> None:
+    master, slave = os.openpty()
+    received: list[bytes] = []
+    good = stream.encode_frame(PONG)
+    bad = bytearray(good)
+    bad[-3] ^= 0xFF  # inside the CRC
+
+    async def main() -> dict[str, int]:
+        transport = SerialTransport(os.ttyname(slave))
+        for _ in range(2):  # the count goes on across a reconnect
+            await transport.open(received.append, lambda why: None)
+            os.write(master, bytes(bad) + b"console text\n" + good)
+            count = len(received) + 1
+            await settle(lambda n=count: len(received) == n)  # type: ignore[misc]
+            transport.close()
+        return transport.rejected()
+
+    try:
+        rejected = run(main())
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert received == [PONG, PONG]
+    assert rejected == {"crc": 2}
