@@ -5,7 +5,6 @@ import argparse
 import asyncio
 import ipaddress
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -280,7 +279,6 @@ def _cell(value: object) -> str:
 
 
 def run(options: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="servomesh: %(name)s: %(message)s")
     try:
         return asyncio.run(_run(options))
     except (

@@ -9,7 +9,7 @@ Ctrl-C, which stops the server, the fleet and every board.
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from servomesh.host import cli_serve, fleet_config, sim
 from servomesh.host.fleet import Fleet
@@ -27,54 +27,43 @@ def example() -> fleet_config.Fleet:
     return fleet_config.loads(text, EXAMPLE)
 
 
+def on_sim_boards(config: fleet_config.Fleet) -> fleet_config.Fleet:
+    """`config` with every node a simulated board (no I2C)."""
+    nodes = {
+        name: node.model_copy(update={"board": "sim", "i2c": None})
+        for name, node in config.nodes.items()
+    }
+    return config.model_copy(update={"nodes": nodes})
+
+
 def simulated(
     config: fleet_config.Fleet, boards: sim.Simulator, folder: Path
 ) -> fleet_config.Fleet:
-    """`config` with its nodes on the simulated boards (same order as NODES) and its data in
-    `folder`: sim board, the boards' links and keys, no I2C."""
+    """`config` (on_sim_boards) with its nodes on the running boards (same order as NODES),
+    their keys in key files, and its data in `folder`."""
     keys = folder / "keys"
     keys.mkdir(mode=0o700)
     nodes = {}
     for name, board in zip(NODES, boards.boards, strict=True):
         if board.key is None:
             raise RuntimeError("simulated board %s has no key" % board.node_id)
-        key_file = keys / (name + ".key")
-        key_file.write_text(board.key.hex() + "\n")
-        key_file.chmod(0o600)
-        nodes[name] = config.nodes[name].model_copy(
-            update={
-                "link": fleet_config.parse_link(board.url),
-                "board": "sim",
-                "key_file": key_file,
-                "i2c": None,
-            }
-        )
+        key_file = sim.write_key_file(keys / (name + ".key"), board.key)
+        link = fleet_config.parse_link(board.url)
+        nodes[name] = config.nodes[name].model_copy(update={"link": link, "key_file": key_file})
     host = config.host.model_copy(update={"data_dir": folder / "data"})
     return config.model_copy(update={"nodes": nodes, "host": host})
 
 
-def board_configs(config: fleet_config.Fleet) -> list[dict[str, Any]]:
-    """Each board's first config: what the fleet would push, so it starts without a reboot."""
-    sim_config = config.model_copy(
-        update={
-            "nodes": {
-                name: node.model_copy(update={"board": "sim", "i2c": None})
-                for name, node in config.nodes.items()
-            }
-        }
-    )
-    return [sim_config.node_config(name) for name in NODES]
-
-
 def run(port: int = cli_serve.DEFAULT_PORT) -> int:
-    config = example()
+    config = on_sim_boards(example())
     with tempfile.TemporaryDirectory(prefix="servomesh-demo-") as temporary:
         folder = Path(temporary)
         with Simulator(
             nodes=len(NODES),
             serial=SERIAL_NODES,
             folder=folder / "boards",
-            configs=board_configs(config),
+            # What the fleet would push, so the boards start without a config reboot.
+            configs=[config.node_config(name) for name in NODES],
         ) as boards:
             boards.wait_all_running(READY_TIMEOUT_S)
             for name, board in zip(NODES, boards.boards, strict=True):

@@ -11,6 +11,7 @@ SEGMENTs ahead of time, so playback has no gaps. Every command goes to the opera
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -119,13 +120,9 @@ class Fleet:
                 name,
                 self._transport(node),
                 node_id=node.node_id,
-                options=SessionOptions(
-                    request_timeout_s=base.request_timeout_s,
-                    attempts=base.attempts,
+                options=dataclasses.replace(
+                    base,
                     link_timeout_ms=node.link_timeout_ms,
-                    offline_after_misses=base.offline_after_misses,
-                    backoff_initial_s=base.backoff_initial_s,
-                    backoff_max_s=base.backoff_max_s,
                     telemetry_ms=node.telemetry_ms or DEFAULT_TELEMETRY_MS,
                 ),
                 on_state=self._on_state,

@@ -292,6 +292,15 @@ class Simulator:
         return wait
 
 
+def write_key_file(path: Path, key: bytes) -> Path:
+    """A key file as the fleet config reads it (64 hex digits), readable by its owner only
+    from the moment it exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.hex() + "\n")
+    return path
+
+
 def write_fleet_config(sim: Simulator, path: str | os.PathLike[str]) -> Path:
     """Write a fleet config (docs/fleet.md) for the simulator's boards: one joint per channel,
     each board on its first link (serial when it has one), keys in `<name>.keys/` beside it,
@@ -304,10 +313,7 @@ def write_fleet_config(sim: Simulator, path: str | os.PathLike[str]) -> Path:
         if board.key is None:
             key_files.append(None)
             continue
-        key_file = keys / (board.node_id + ".key")
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(board.key.hex() + "\n")
+        key_file = write_key_file(keys / (board.node_id + ".key"), board.key)
         key_files.append(str(key_file.relative_to(config.parent)))
     links = [board.url for board in sim.boards]
     config.write_text(fleet_config.sim_fleet_toml(links, CHANNELS, key_files))

@@ -3,7 +3,6 @@ fleet on simulated boards until Ctrl-C."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from apiserver import free_port
 
 SERVOMESH = str(Path(sys.executable).with_name("servomesh"))
 REPO = Path(__file__).resolve().parents[1]
@@ -117,12 +117,6 @@ def test_demo_serves_the_example_fleet_and_ctrl_c_stops_everything(tmp_path: Pat
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait(10)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _children(pid: int) -> list[int]:

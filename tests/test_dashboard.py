@@ -7,7 +7,6 @@ the test is skipped and says so. Selenium drives the system's chromedriver and n
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from apiserver import free_port
 
 from servomesh.host.sim import Simulator, write_fleet_config
 
@@ -49,12 +49,6 @@ keyframes = [
 
 def first_existing(paths: tuple[str, ...]) -> str | None:
     return next((path for path in paths if shutil.which(path)), None)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:

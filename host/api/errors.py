@@ -111,15 +111,12 @@ def install(app: FastAPI) -> None:
             headers=getattr(error, "headers", None),
         )
 
-    for kind, _, _ in _FLEET_ERRORS:
-
-        @app.exception_handler(kind)
-        async def fleet_error(_request: Request, error: Exception) -> JSONResponse:
-            return error_response(*classify(error), str(error))
-
-    @app.exception_handler(NodeRefusedError)
-    async def refused(_request: Request, error: Exception) -> JSONResponse:
+    async def fleet_error(_request: Request, error: Exception) -> JSONResponse:
         return error_response(*classify(error), str(error))
+
+    kinds: list[type[Exception]] = [NodeRefusedError, *(kind for kind, _, _ in _FLEET_ERRORS)]
+    for kind in kinds:
+        app.add_exception_handler(kind, fleet_error)
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
 

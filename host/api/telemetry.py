@@ -22,11 +22,11 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 from servomesh.host import oplog
 from servomesh.host.api import models
+from servomesh.host.api.security import SUBPROTOCOL
 from servomesh.host.fleet import Fleet
 
 log = logging.getLogger(__name__)
 
-SUBPROTOCOL: Final = "servomesh"
 MIN_RATE_HZ: Final = 1.0
 MAX_RATE_HZ: Final = 100.0
 _GOING_AWAY: Final = 1001  # WebSocket close code: the server is shutting down
