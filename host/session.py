@@ -135,8 +135,9 @@ class NodeSession:
         self.boot_id: int | None = None
         self.counters = SessionCounters()
         self._seq = 0
-        self._pending: dict[int, asyncio.Future[codec.Message]] = {}
-        self._window = asyncio.Condition()
+        self._pending: dict[int, asyncio.Future[codec.Message | None]] = {}
+        self._window = asyncio.Condition()  # requests wait here while SEQ_WINDOW is full
+        self._queued = 0
         self._samples: deque[tuple[int, int]] = deque(maxlen=_CLOCK_SAMPLES)  # (rtt, offset)
         self._wake = asyncio.Event()  # reconnect now (a reboot seen, a link lost)
         self._ready = asyncio.Event()
@@ -211,16 +212,20 @@ class NodeSession:
     ) -> codec.Message:
         """`request` without the readiness check: for the handshake and config push."""
         timeout = self.options.request_timeout_s if timeout_s is None else timeout_s
-        async with self._window:
-            await self._window.wait_for(self._seq_free)
-            self._seq = self._seq % _SEQ_LIMIT + 1
-            seq = self._seq
+        if self._queued or not self._seq_free():  # in turn, behind those already waiting
+            self._queued += 1
+            try:
+                async with self._window:
+                    await self._window.wait_for(self._seq_free)
+            finally:
+                self._queued -= 1
+        self._seq = self._seq % _SEQ_LIMIT + 1
+        seq = self._seq
         body = codec.encode(kind, seq, *fields)  # a refused body leaves a gap in seqs: harmless
         bound_to = (
             self.boot_id if self.transport.bound and kind not in messages.READ_ONLY_KINDS else None
         )
-        future: asyncio.Future[codec.Message] = asyncio.get_running_loop().create_future()
-        self._pending[seq] = future
+        loop = asyncio.get_running_loop()
         self.counters.requests += 1
         attempts = max(1, self.options.attempts)
         started = time.monotonic()
@@ -237,7 +242,15 @@ class NodeSession:
                 wait = left / (attempts - attempt)
                 if wait <= 0:
                     break  # the loop stalled past the deadline (hundreds of handshakes at once)
-                reply = await _answered(future, wait)
+                # A future per attempt, which the timer resolves to None: a late reply to an
+                # earlier send of the same seq answers this one just as well.
+                future: asyncio.Future[codec.Message | None] = loop.create_future()
+                self._pending[seq] = future
+                timer = loop.call_later(wait, _no_reply, future)
+                try:
+                    reply = await future
+                finally:
+                    timer.cancel()
                 if reply is not None:
                     break
             if reply is None:
@@ -248,10 +261,9 @@ class NodeSession:
                 )
         finally:
             self._pending.pop(seq, None)
-            if not future.done():
-                future.cancel()
-            async with self._window:
-                self._window.notify_all()
+            if self._queued:
+                async with self._window:
+                    self._window.notify_all()
         rtt_ms = (time.monotonic() - started) * 1000
         srtt = self.counters.rtt_ms
         self.counters.rtt_ms = rtt_ms if srtt is None else srtt + (rtt_ms - srtt) / 8
@@ -459,25 +471,6 @@ class NodeSession:
             ) from None
 
 
-async def _answered(
-    future: "asyncio.Future[codec.Message]", seconds: float
-) -> codec.Message | None:
-    """The reply once `future` has it, or None after `seconds`; `future` stays pending for a
-    retry. (A timer, not wait_for(shield()): two tasks fewer per request.)"""
-    if future.done():
-        return future.result()
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] = loop.create_future()
-
-    def wake(_: object = None) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    timer = loop.call_later(seconds, wake)
-    future.add_done_callback(wake)
-    try:
-        await waiter
-    finally:
-        timer.cancel()
-        future.remove_done_callback(wake)
-    return future.result() if future.done() and not future.cancelled() else None
+def _no_reply(future: "asyncio.Future[codec.Message | None]") -> None:
+    if not future.done():
+        future.set_result(None)

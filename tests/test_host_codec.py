@@ -98,6 +98,50 @@ def test_hardening(raw: str) -> None:
         codec.loads(bytes.fromhex(raw))
 
 
+# The hot path (codec._decode_hot) is an optimisation: it must decode exactly what the general
+# path decodes, take every canonical hot body, and leave everything else to the general path.
+_EDGES = [cbor.HOT_INT_MIN, cbor.HOT_INT_MAX, 23, 24, 255, 256, 65535, 65536, -24, -25, -257]
+_NEAR_HOT = st.integers(cbor.HOT_INT_MIN - 2, cbor.HOT_INT_MAX + 2) | st.sampled_from(
+    [*_EDGES, cbor.HOT_INT_MIN - 1, cbor.HOT_INT_MAX + 1, 1 << 40, True, 1.5]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    values=st.lists(_NEAR_HOT, max_size=messages.MAX_FIELDS + 2),
+    cut=st.integers(-3, 3),
+    extra=st.binary(min_size=3, max_size=3),
+)
+def test_the_hot_path_decodes_as_the_general_path(
+    values: list[object], cut: int, extra: bytes
+) -> None:
+    canonical = cbor2.dumps(values)
+    body = canonical[: len(canonical) + cut] if cut < 0 else canonical + extra[:cut]
+    hot = codec._decode_hot(body)
+    try:
+        general = codec._decode_item(body)
+    except cbor.DecodeError:
+        general = None
+    if hot is not None:
+        assert general == hot
+        assert codec._hot_ints(hot)
+    elif body == canonical:
+        assert not codec._hot_ints(general)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "8201c24105",  # [1, tag 2 bignum 5]: an integer in cbor2, refused by the node
+        "830102",  # three items promised, two given
+        "82010203",  # a trailing item
+        "82011a40000000",  # 2**30: one above HOT_INT_MAX, needs the general path's range check
+    ],
+)
+def test_the_hot_path_leaves_what_it_cannot_prove(raw: str) -> None:
+    assert codec._decode_hot(bytes.fromhex(raw)) is None
+
+
 def test_host_limits_equal_the_node_codec() -> None:
     deepest: object = 0
     for _ in range(cbor.MAX_DEPTH):
