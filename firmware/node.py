@@ -13,7 +13,7 @@ import time
 
 from servomesh.firmware import VERSION, clock, links, watchdog
 from servomesh.firmware.dispatch import Dispatcher
-from servomesh.protocol import cbor, datagram, messages
+from servomesh.protocol import cbor, datagram, hmac_sha256, messages
 from servomesh.protocol.compat import const
 
 _SAFETY_PERIOD_MS = const(20)
@@ -32,6 +32,8 @@ _AUTH_FAILED = const(2)
 _REPLAYED = const(3)
 _FIXED_STATE_FIELDS = const(16)  # [STATE, seq, 6 node fields, 8 counters]
 _CHANNEL_FIELDS = const(5)
+DEPLOYED_FILE = "servomesh.deployed"  # the digest of the build deployed (host/deploy.py)
+_DEPLOYED_MAX = const(64)
 
 
 def _config():
@@ -143,6 +145,15 @@ class Node:
             "uptime_ms": time.ticks_diff(time.ticks_ms(), self._booted_ms),
             "counters": self._counter_map(),
         }
+        if settings:
+            info["sender_id"] = settings["sender_id"]
+        if self._key is not None:
+            info["key_fingerprint"] = hmac_sha256.fingerprint(self._key)
+        try:  # what `servomesh deploy` last put here, to skip a deploy that would change nothing
+            with open(DEPLOYED_FILE) as f:
+                info["deployed"] = f.read(_DEPLOYED_MAX)
+        except OSError:
+            pass
         gc.collect()
         info["heap_used_bytes"] = gc.mem_alloc()  # after a collection: what the node keeps
         if self.config_error:

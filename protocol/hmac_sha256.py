@@ -27,3 +27,11 @@ class HmacKey:
         outer = hashlib.sha256(self._outer)
         outer.update(inner.digest())
         return outer.digest()
+
+
+def fingerprint(key):
+    """A key's public name, 16 hex digits: tells keys apart (deploy checks a node's against a
+    key file) and reveals nothing of the key, being an HMAC under it."""
+    import binascii  # only INFO and the host need it: not loaded at boot
+
+    return binascii.hexlify(HmacKey(key).digest(b"servomesh key fingerprint")[:8]).decode()

@@ -176,3 +176,10 @@ def test_device_hmac_equals_cpython_hmac(key: bytes, parts: list[bytes]) -> None
 def test_encode_refuses_what_a_node_would_refuse(fields: list[object]) -> None:
     with pytest.raises(ValueError, match=r"not encodable|exceeds"):
         codec.encode(messages.CONFIG_SET, 1, *fields)
+
+
+def test_a_key_fingerprint_is_an_hmac_under_the_key() -> None:
+    key = bytes(range(32))
+    expected = hmac.new(key, b"servomesh key fingerprint", hashlib.sha256).hexdigest()[:16]
+    assert hmac_sha256.fingerprint(key) == expected
+    assert hmac_sha256.fingerprint(bytes(32)) != expected

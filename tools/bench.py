@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_api
+import bench_deploy
 import bench_ingest
 import bench_node
 import cbor2
@@ -242,6 +243,11 @@ def main() -> int:
     except Exception as error:  # as above
         node_failure = node_failure or "%s: %s" % (type(error).__name__, error)
         print("\nHTTP API benchmark: FAILED, %s: %s" % (type(error).__name__, error))
+    try:
+        bench_deploy.run(args.quick, row, verdict)
+    except Exception as error:  # as above
+        node_failure = node_failure or "%s: %s" % (type(error).__name__, error)
+        print("\nDeploy benchmark: FAILED, %s: %s" % (type(error).__name__, error))
     print()
     if misses:
         print("MISS: %s (a report, not a test: exit status 0)" % ", ".join(misses))
