@@ -4,7 +4,7 @@ import argparse
 import logging
 import sys
 
-from servomesh.host import cli_fleet, cli_serve, logs, sim, upy
+from servomesh.host import cli_fleet, cli_serve, console, deploy, flash, logs, provision, sim, upy
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     cli_fleet.add_arguments(commands)
     cli_serve.add_arguments(commands)
+    flash.add_arguments(commands)
+    deploy.add_arguments(commands)
+    provision.add_arguments(commands)
+    console.add_arguments(commands)
     return parser
 
 
@@ -63,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         return sim.run(options)
     if options.command in ("serve", "token"):
         return cli_serve.run(options)
+    if options.command == "flash":
+        return flash.run(options)
+    if options.command == "provision":
+        return provision.run(options)
+    if options.command == "deploy":
+        return deploy.run(options)
+    if options.command == "console":
+        return console.run(options)
     return cli_fleet.run(options)
 
 
