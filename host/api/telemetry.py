@@ -326,6 +326,8 @@ class TelemetryHub:
         self._broadcast(_encode({"type": "status", "t": time.time(), **status}))
 
     def _on_operation(self, operation: oplog.Operation) -> None:
+        if not self._clients:
+            return  # every command comes here: no encoding for nobody
         body = models.Operation.model_validate(operation, from_attributes=True)
         message = {"type": "operation", "t": time.time(), "operation": body.model_dump(mode="json")}
         self._broadcast(_encode(message))
