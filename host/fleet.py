@@ -204,7 +204,7 @@ class Fleet:
             listener(status)
 
     def _on_state(self, session: NodeSession, message: codec.Message) -> None:
-        values = [message.kind, message.seq, *message.fields]
+        values = message.values
         self._states[session.name] = values
         self._state_times[session.name] = time.time()
         for listener in list(self._listeners):

@@ -84,12 +84,12 @@ def _header(flags, sender_id, key_id, counter):
 class Sender:
     """Seals bodies as datagrams from one sender id, signed with `key` unless it is None."""
 
-    def __init__(self, sender_id, key=None, key_id=1, counter=0):
+    def __init__(self, sender_id, key=None, key_id=1, counter=0, key_type=HmacKey):
         if key is not None and not 1 <= key_id <= 0xFF:
             raise ValueError("key id must be 1-255")
         self.sender_id = sender_id
         self.key_id = key_id if key is not None else 0
-        self._key = HmacKey(key) if key is not None else None
+        self._key = key_type(key) if key is not None else None
         self.counter = counter  # the last counter used; the next datagram takes counter + 1
 
     def seal(self, body, bound_to=None):
@@ -117,17 +117,20 @@ class Receiver:
     """Opens datagrams: checks header, tag and replay window; counts rejections by reason.
 
     `keys` maps key id (1-255) to key bytes. `max_peers` bounds the replay windows kept, so
-    authenticated but unknown senders cannot grow memory without limit.
+    authenticated but unknown senders cannot grow memory without limit. `key_type` computes
+    the tags: HmacKey, or a faster equivalent where the port has one (host/transport.py).
     """
 
-    def __init__(self, keys=None, allow_unsigned=False, max_peers=32, boot_id=None):
+    def __init__(
+        self, keys=None, allow_unsigned=False, max_peers=32, boot_id=None, key_type=HmacKey
+    ):
         if keys and allow_unsigned:
             raise ValueError("a receiver with keys never accepts unsigned datagrams")
         self._keys = {}
         for key_id, key in (keys or {}).items():
             if not 1 <= key_id <= 0xFF:
                 raise ValueError("key id must be 1-255")
-            self._keys[key_id] = HmacKey(key)
+            self._keys[key_id] = key_type(key)
         self.allow_unsigned = allow_unsigned
         self.max_peers = max_peers
         self._windows = {}  # (sender << 8 | key id) -> [highest counter's high, low, ring]

@@ -1,10 +1,15 @@
 """The host's transports count what they refuse from a node's link, by reason."""
 
 import asyncio
+import hashlib
+import hmac
 import os
 import socket
 
-from servomesh.host import codec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from servomesh.host import codec, transport
 from servomesh.host.transport import SerialTransport, UdpHub, UdpTransport
 from servomesh.protocol import datagram, messages, stream
 
@@ -75,3 +80,10 @@ def test_serial_counts_bad_frames_across_reopenings() -> None:
         os.close(slave)
     assert received == [PONG, PONG]
     assert rejected == {"crc": 2}
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.binary(max_size=150), parts=st.lists(st.binary(max_size=200), max_size=4))
+def test_the_pad_state_key_digests_as_hmac_sha256(key: bytes, parts: list[bytes]) -> None:
+    expected = hmac.new(key, b"".join(parts), hashlib.sha256).digest()
+    assert transport.PadStateKey(key).digest(*parts) == expected
