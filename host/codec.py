@@ -135,7 +135,6 @@ def _hot_ints(value: Any) -> bool:
     )
 
 
-@functools.lru_cache(maxsize=1024)
 def _hot_check(kind: int, count: int, seq: int, third: int) -> int:
     """messages.check of a `_hot_ints` list: then its result depends only on the kind, the
     count, whether seq is below 0 or 1 and whether the third item (ERROR's code) is below 1.
@@ -145,11 +144,22 @@ def _hot_check(kind: int, count: int, seq: int, third: int) -> int:
     return int(messages.check(stand_in, count))
 
 
+_HOT_CODES: dict[tuple[int, int, int, bool], int] = {}  # _check_hot's answers
+_HOT_CODES_KEPT = 1024  # a few dozen in use; unknown kinds from a peer must not grow it
+
+
 def _check_hot(values: list[Any]) -> int:
-    """messages.check(values, len(values)) of a `_hot_ints` list, through _hot_check."""
+    """messages.check(values, len(values)) of a `_hot_ints` list, through _hot_check once per
+    combination (a dict: lru_cache's wrapper and clamping cost more, per STATE)."""
     seq = values[1]
-    third = values[2] if len(values) > 2 else 0
-    return _hot_check(values[0], len(values), max(-1, min(seq, 1)), max(0, min(third, 1)))
+    third = len(values) > 2 and values[2] > 0
+    key = (values[0], len(values), (seq > 0) - (seq < 0), third)
+    code = _HOT_CODES.get(key)
+    if code is None:
+        code = _hot_check(key[0], key[1], key[2], int(third))
+        if len(_HOT_CODES) < _HOT_CODES_KEPT:
+            _HOT_CODES[key] = code
+    return code
 
 
 def _check_subset(value: Any, depth: int) -> None:

@@ -106,7 +106,8 @@ class Fleet:
         self._trace = itertools.count(int(time.time()) % 100_000 * 1000 + 1)
         self._states: dict[str, list[Any]] = {}  # node -> last STATE
         self._state_times: dict[str, float] = {}
-        self._listeners: list[Callable[[str, list[Any]], None]] = []
+        # A tuple, replaced on (un)subscribe: every STATE iterates it, without a copy.
+        self._listeners: tuple[Callable[[str, list[Any]], None], ...] = ()
         self._log_listeners: list[Callable[[str, codec.Message], None]] = []
         self._playing: asyncio.Task[None] | None = None
         self._playing_name: str | None = None
@@ -175,8 +176,12 @@ class Fleet:
 
     def subscribe(self, listener: Callable[[str, list[Any]], None]) -> Callable[[], None]:
         """Call `listener(node_name, state_values)` for every STATE; returns the unsubscriber."""
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
+        self._listeners = (*self._listeners, listener)
+
+        def unsubscribe() -> None:
+            self._listeners = tuple(other for other in self._listeners if other is not listener)
+
+        return unsubscribe
 
     def subscribe_logs(self, listener: Callable[[str, codec.Message], None]) -> Callable[[], None]:
         self._log_listeners.append(listener)
@@ -207,7 +212,7 @@ class Fleet:
         values = message.values
         self._states[session.name] = values
         self._state_times[session.name] = time.time()
-        for listener in list(self._listeners):
+        for listener in self._listeners:
             listener(session.name, values)
 
     def _on_log(self, session: NodeSession, message: codec.Message) -> None:
