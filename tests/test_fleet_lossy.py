@@ -1,6 +1,8 @@
-"""Through a lossy, duplicating, reordering link, every command completes exactly once."""
+"""Through a lossy, duplicating, reordering link, every command completes exactly once, and
+heartbeats keep the node out of its failsafe."""
 
 import asyncio
+import time
 from pathlib import Path
 
 from nodeclient import UdpClient
@@ -9,8 +11,9 @@ from udp_proxy import LossyUdpProxy
 
 from servomesh.host import fleet_config
 from servomesh.host.fleet import Fleet
-from servomesh.host.session import SessionOptions
+from servomesh.host.session import NodeState, SessionOptions
 from servomesh.host.sim import Simulator
+from servomesh.protocol import messages
 
 COMMANDS = 1000
 CONCURRENCY = 50
@@ -69,3 +72,52 @@ def test_a_thousand_commands_through_a_lossy_link_each_run_once(tmp_path: Path) 
             # from the reply cache.
             assert executed == COMMANDS + 1
             assert repeated > 0
+
+
+def test_heartbeats_hold_off_the_failsafe_through_loss_and_mark_a_dead_link(
+    tmp_path: Path,
+) -> None:
+    """With 10% loss each way the node never starts its failsafe; with the link cut the session
+    goes degraded, then offline; with the link back it is ready again, on the same boot."""
+    with Simulator(nodes=1, folder=tmp_path / "boards") as sim:
+        sim.wait_all_running(10)
+        board = sim.boards[0]
+        assert board.key is not None
+        with LossyUdpProxy(("127.0.0.1", board.udp_port), seed=5, loss=0.1) as proxy:
+            key_file = tmp_path / "sim-1.key"
+            key_file.write_text(board.key.hex())
+            text = fleet_config.sim_fleet_toml(
+                ["udp://127.0.0.1:%d" % proxy.address[1]], 6, [key_file.name]
+            )
+            config = tmp_path / "fleet.toml"
+            config.write_text(text)  # link_timeout_ms 1000: a PING about every 0.3 s
+
+            async def main() -> None:
+                async with Fleet.from_config(config, options=PATIENT) as fleet:
+                    session = fleet.sessions["sim-1"]
+                    assert session.ready, session.why
+                    codes: list[int] = []
+                    fleet.subscribe_logs(lambda _node, message: codes.append(message.fields[1]))
+                    pings = session.counters.requests
+                    await asyncio.sleep(3.0)
+                    assert session.counters.requests - pings >= 8  # heartbeats went out
+                    assert messages.LOG_LINK_LOST not in codes
+                    assert session.ready
+                    boot = session.boot_id
+
+                    proxy.set(loss=1.0)
+                    states = []
+                    deadline = time.monotonic() + 5.0
+                    while session.state != NodeState.OFFLINE and time.monotonic() < deadline:
+                        if not states or states[-1] != session.state:
+                            states.append(session.state)
+                        await asyncio.sleep(0.02)
+                    assert states[-1] == NodeState.DEGRADED  # before offline
+                    assert session.state == NodeState.OFFLINE, session.why
+                    assert "heartbeats unanswered" in session.why
+
+                    proxy.set(loss=0.0)
+                    await session.wait_ready(5.0)
+                    assert session.boot_id == boot  # the node ran on; only the link was cut
+
+            asyncio.run(asyncio.wait_for(main(), 60))
