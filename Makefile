@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench bench-wasm32 clean
+.PHONY: install system-deps demo test lint format bench bench-wasm32 clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "servomesh needs Python >= 3.11")'
@@ -14,6 +14,20 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Debian packages the tests drive: a headless Chromium for the dashboard test, unshare and ip
+# for the broadcast test in a network namespace. Installed when missing (as root, or by sudo).
+SYSTEM_TOOLS := chromium chromedriver unshare ip
+SYSTEM_PACKAGES := chromium chromium-driver util-linux iproute2
+system-deps:
+	@missing=$$(for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || echo $$tool; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $(SYSTEM_PACKAGES) (missing: $$missing)"; \
+		if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; \
+		else echo "run as root: apt-get install $(SYSTEM_PACKAGES)" >&2; exit 1; fi; \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install \
+			-y -qq --no-install-recommends $(SYSTEM_PACKAGES); \
+	fi
 
 demo: $(STAMP)
 	$(VENV)/bin/servomesh demo
@@ -27,7 +41,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint
+test: lint system-deps
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -4,7 +4,6 @@ Needs the Debian packages chromium and chromium-driver (`.ci/run` installs them)
 the test is skipped and says so. Selenium drives the system's chromedriver and never downloads one.
 """
 
-import contextlib
 import json
 import shutil
 import subprocess
@@ -26,8 +25,8 @@ ARTIFACTS = ROOT / ".build" / "artifacts"
 CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 CHROMEDRIVER = ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver")
 MISSING = (
-    "dashboard test skipped: no Chromium and chromedriver on this machine; "
-    "install them with `apt-get install chromium chromium-driver`"
+    "no Chromium and chromedriver on this machine: `make test` installs them, or "
+    "`apt-get install chromium chromium-driver`"
 )
 SERVER_START_S = 30.0
 WAIT_S = 10.0
@@ -65,15 +64,11 @@ def wait_for(check: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> 
 
 
 @pytest.fixture(scope="module")
-def browser_paths(pytestconfig: pytest.Config) -> tuple[str, str]:
+def browser_paths() -> tuple[str, str]:
     chromium = first_existing(CHROMIUM)
     driver = first_existing(CHROMEDRIVER)
     if chromium is None or driver is None:
-        # -ra lists the reason too, among the others; this line is where the test runs.
-        capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
-        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-            print("\n" + MISSING)
-        pytest.skip(MISSING)
+        pytest.fail(MISSING)  # `make test` installs them (system-deps)
     return chromium, driver
 
 

@@ -366,7 +366,7 @@ def netns_main(folder: str) -> None:
 
 def test_a_broadcast_reaches_every_node_in_a_network_namespace(tmp_path: Path) -> None:
     if shutil.which("unshare") is None or shutil.which("ip") is None:
-        pytest.skip("needs unshare and ip (util-linux, iproute2)")
+        pytest.fail("needs unshare and ip: `make test` installs util-linux and iproute2")
     # Root makes a network namespace directly; anyone else inside a user namespace, if allowed.
     unshare = ["unshare", "--net"] if os.geteuid() == 0 else ["unshare", "-rn"]
     child = "import test_discovery; test_discovery.netns_main(%r)" % str(tmp_path)
@@ -375,6 +375,8 @@ def test_a_broadcast_reaches_every_node_in_a_network_namespace(tmp_path: Path) -
         [*unshare, sys.executable, "-c", child], capture_output=True, text=True, timeout=60, env=env
     )
     if done.returncode == SETUP_FAILED or done.stderr.startswith("unshare:"):
+        # The one skip: a kernel or container that forbids network namespaces to this user
+        # (no root, no user namespaces) cannot run it, whatever is installed.
         pytest.skip("cannot make a network namespace here: %s" % done.stderr.strip())
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout)
