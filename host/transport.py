@@ -72,8 +72,10 @@ class PadStateKey(HmacKey):
         outer.update(inner.digest())
         return outer.digest()
 
-    def verify(self, tag: bytes | memoryview, *parts: bytes | bytearray | memoryview) -> bool:
-        return hmac.compare_digest(self.digest(*parts)[: len(tag)], tag)
+    def verify(self, packet: bytes, end: int, boot: bytes | None = None) -> bool:
+        signed = memoryview(packet)[:end]
+        tag = self.digest(signed) if boot is None else self.digest(boot, signed)
+        return hmac.compare_digest(tag[: len(packet) - end], memoryview(packet)[end:])
 
 
 class UdpHub:

@@ -186,12 +186,7 @@ class Receiver:
         key = self._keys.get(key_id)
         if key is None:
             raise self._rejection("unknown_key")
-        view = memoryview(datagram)  # hashed in place, not copied
-        if bound:
-            valid = key.verify(view[end:], self._boot, view[:end])
-        else:
-            valid = key.verify(view[end:], view[:end])
-        if not valid:
+        if not key.verify(datagram, end, self._boot if bound else None):
             raise self._rejection("bad_tag")
         self._check_window(sender_id << 8 | key_id, datagram)
         self.accepted += 1

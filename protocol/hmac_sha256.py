@@ -28,13 +28,15 @@ class HmacKey:
         outer.update(inner.digest())
         return outer.digest()
 
-    def verify(self, tag, *parts):
-        """Whether `tag` starts the HMAC of `parts`. Every byte is compared, whatever differs:
-        no timing tells a forger how much of a tag was right."""
-        digest = self.digest(*parts)
+    def verify(self, packet, end, boot=None):
+        """Whether the bytes of `packet` from `end` on start the HMAC of `boot` (when given)
+        and `packet[:end]`, hashed in place. Every byte is compared, whatever differs: no
+        timing tells a forger how much of a tag was right."""
+        signed = memoryview(packet)[:end]
+        tag = self.digest(signed) if boot is None else self.digest(boot, signed)
         diff = 0
-        for i in range(len(tag)):
-            diff |= digest[i] ^ tag[i]
+        for i in range(len(packet) - end):
+            diff |= tag[i] ^ packet[end + i]
         return diff == 0
 
 

@@ -84,6 +84,15 @@ def test_serial_counts_bad_frames_across_reopenings() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(key=st.binary(max_size=150), parts=st.lists(st.binary(max_size=200), max_size=4))
-def test_the_pad_state_key_digests_as_hmac_sha256(key: bytes, parts: list[bytes]) -> None:
+def test_the_pad_state_key_digests_as_hmac_sha256_and_verifies_as_the_node_does(
+    key: bytes, parts: list[bytes]
+) -> None:
     expected = hmac.new(key, b"".join(parts), hashlib.sha256).digest()
-    assert transport.PadStateKey(key).digest(*parts) == expected
+    fast = transport.PadStateKey(key)
+    assert fast.digest(*parts) == expected
+    packet = b"".join(parts) + expected[:12]
+    end = len(packet) - 12
+    forged = packet[:-1] + bytes([packet[-1] ^ 1])
+    for key_type in (transport.PadStateKey, datagram.HmacKey):  # the node's, for comparison
+        assert key_type(key).verify(packet, end)
+        assert not key_type(key).verify(forged, end)
