@@ -6,6 +6,7 @@ import hmac
 import os
 import socket
 
+import cbor2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -96,3 +97,65 @@ def test_the_pad_state_key_digests_as_hmac_sha256_and_verifies_as_the_node_does(
     for key_type in (transport.PadStateKey, datagram.HmacKey):  # the node's, for comparison
         assert key_type(key).verify(packet, end)
         assert not key_type(key).verify(forged, end)
+
+
+def _state_body(seq: int) -> bytes:
+    """A STATE as a node sends it (24+ items: the array header takes two bytes)."""
+    fields = [0] * (len(messages.STATE_COUNTERS) + 6) + [0, 1500, 1500, 1500, 0]
+    return codec.encode(messages.STATE, seq, *fields)
+
+
+def test_is_state_tells_state_from_replies_by_the_kind_after_the_array_header() -> None:
+    assert transport.is_state(_state_body(1))
+    assert transport.is_state(cbor2.dumps([messages.STATE, 1, 2, 3]))  # one-byte array header
+    for body in (PONG, codec.encode(messages.ACK, 3), codec.encode(messages.LOG, 0, 1, 1)):
+        assert not transport.is_state(body)
+    assert not transport.is_state(b"\x98")  # too short to tell: handled (and refused) at once
+
+
+def _queue_then_read(bodies: list[bytes], state_backlog: int) -> tuple[list[bytes], UdpHub]:
+    """Everything in `bodies` waits in the hub's socket before the event loop first reads it;
+    returns the bodies in the order the hub handed them on."""
+    node = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    node.bind(("127.0.0.1", 0))
+    received: list[bytes] = []
+
+    async def main() -> UdpHub:
+        hub = UdpHub(("127.0.0.1", 0), state_backlog=state_backlog)
+        link = UdpTransport(hub, "127.0.0.1", node.getsockname()[1], KEY)
+        await link.open(received.append, lambda why: None)
+        sender = datagram.Sender(5, KEY, 1, counter=100)
+        for body in bodies:  # no await in between: the hub reads none of them yet
+            node.sendto(sender.seal(body), hub.address())
+        await settle(lambda: len(received) + hub.shed == len(bodies))
+        assert link.rejected() == {}  # authenticated in arrival order: no replay window trips
+        hub.close()
+        return hub
+
+    try:
+        hub = run(main())
+    finally:
+        node.close()
+    return received, hub  # type: ignore[return-value]
+
+
+def test_a_reply_is_handled_before_the_telemetry_queued_ahead_of_it() -> None:
+    states = [_state_body(seq) for seq in range(1, 601)]
+    received, hub = _queue_then_read([*states, PONG], transport.TELEMETRY_BACKLOG)
+    assert hub.shed == 0
+    # Handled in arrival order, the PONG would come 601st. It waits for the socket's drains
+    # before it, and a batch of STATE after each.
+    position = received.index(PONG)
+    drains = -(-600 // transport.RECV_DRAIN)
+    assert position <= drains * transport.RECV_BATCH, position
+    assert [body for body in received if body != PONG] == states  # every STATE, in order
+
+
+def test_telemetry_beyond_the_backlog_drops_the_oldest_and_counts_it() -> None:
+    states = [_state_body(seq) for seq in range(1, 301)]
+    received, hub = _queue_then_read([*states, PONG], state_backlog=50)
+    assert PONG in received
+    kept = [body for body in received if body != PONG]
+    assert hub.shed == 300 - len(kept) > 0
+    assert kept == sorted(kept, key=states.index)  # in order, gaps where the oldest went
+    assert kept[-50:] == states[-50:]  # the newest are never the ones dropped
