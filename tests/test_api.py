@@ -205,6 +205,7 @@ def test_metrics_in_prometheus_format(server: tuple[str, dict[str, str]]) -> Non
         assert 'servomesh_node_up{node="sim-1"} 1.0' in text
         assert "servomesh_commands_total{" in text
         assert "servomesh_command_duration_seconds_bucket{" in text
+        assert "servomesh_telemetry_shed_frames_total 0.0" in text
 
 
 # -- the auth matrix ---------------------------------------------------------------------------

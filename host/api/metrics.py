@@ -120,6 +120,11 @@ class FleetCollector(Collector):
                 cumulative.append((edge, running))
             duration.add_metric([action], cumulative, sum_value=self._sums[action])
         yield duration
+        yield CounterMetricFamily(
+            "servomesh_telemetry_shed_frames",
+            "STATE frames dropped unread: the host fell too far behind (UdpHub.shed)",
+            value=self.fleet.hub.shed,
+        )
         yield GaugeMetricFamily(
             "servomesh_fleet_stopped", "1 while the fleet is stopped", value=int(self.fleet.stopped)
         )
