@@ -1,4 +1,5 @@
-"""Request dispatcher: one request body in, exactly one reply body out.
+"""Request dispatcher: one request body in, exactly one reply body out (a KEEPALIVE notice
+gets none).
 
 A repeated request (same peer and seq, within CACHE_TTL_MS) is answered from the reply cache
 and never executed twice; a HELLO starts a new session and forgets that peer's entries. Hot
@@ -71,6 +72,8 @@ class Dispatcher:
             counters[BODIES_MALFORMED] += 1
             return _NO_REPLY
         seq = values[1]
+        if kind == messages.KEEPALIVE:
+            return self._keepalive(link)
         if not link.bound_to_boot() and kind not in messages.READ_ONLY_KINDS:
             # Possibly recorded before this boot: the host must HELLO and bind to it.
             return self._error(seq, messages.E_UNBOUND, 0)
@@ -93,6 +96,16 @@ class Dispatcher:
                 )
         counters[REQUESTS_EXECUTED] += 1
         return self._execute(link, peer, kind, seq, count)
+
+    def _keepalive(self, link):
+        # A notice: never answered, not a request executed. Over UDP it counts only BOUND: one
+        # recorded before this boot must not feed the failsafe.
+        if link.bound_to_boot():
+            self.contact = True
+            self.node.host_seen(link)
+        else:
+            self.node.counters[REQUESTS_REFUSED] += 1
+        return _NO_REPLY
 
     def _decode_rare(self, data, start, end):
         # Bodies with a map (CONFIG_SET): the generic decoder, which allocates.

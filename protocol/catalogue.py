@@ -55,6 +55,7 @@ KINDS: dict[int, tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]] 
     M.TELEMETRY: ("TELEMETRY", ("period_ms",), ("link",), ()),
     M.REBOOT: ("REBOOT", ("delay_ms",), (), ()),
     M.DISCOVER: ("DISCOVER", (), (), ()),
+    M.KEEPALIVE: ("KEEPALIVE", (), (), ()),
     M.ACK: ("ACK", (), ("result",), ()),
     M.ERROR: ("ERROR", ("code",), ("detail",), ()),
     M.INFO: ("INFO", ("info_map",), (), ()),

@@ -35,6 +35,9 @@ TELEMETRY = const(10)
 REBOOT = const(11)
 DISCOVER = const(12)
 
+# Notices, host -> node, never answered.
+KEEPALIVE = const(16)  # the host is there: feeds the link-loss failsafe; over UDP only BOUND
+
 # Replies, node -> host; `seq` echoes the request's.
 ACK = const(32)
 ERROR = const(33)
@@ -89,7 +92,7 @@ STATE_COUNTERS = (
     "auth_failed",  # unsigned where a key is set, unknown key id, bad tag, too many peers
     "replayed",  # counter replayed or too old
     "bodies_malformed",  # not CBOR, or not a message of the catalogue
-    "requests_refused",  # answered with ERROR
+    "requests_refused",  # answered with ERROR; or an unbound KEEPALIVE over UDP, dropped
     "requests_repeated",  # answered from the reply cache, not executed again
     "requests_executed",
 )
@@ -153,6 +156,7 @@ for _kind, _required, _optional, _group in (
     (TELEMETRY, 1, 1, 0),
     (REBOOT, 1, 0, 0),
     (DISCOVER, 0, 0, 0),
+    (KEEPALIVE, 0, 0, 0),
     (ACK, 0, 1, 0),
     (ERROR, 1, 1, 0),
     (INFO, 1, 0, 0),

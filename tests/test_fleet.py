@@ -14,10 +14,12 @@ from servomesh.host.fleet import Fleet, LimitError, StoppedError, UnknownNameErr
 from servomesh.host.session import (
     NodeIncompatibleError,
     NodeOfflineError,
+    NodeSession,
     NodeState,
     SessionOptions,
 )
 from servomesh.host.sim import Board, Simulator, write_fleet_config
+from servomesh.host.transport import UdpHub, UdpTransport
 from servomesh.protocol import messages
 
 FAST = SessionOptions(request_timeout_s=0.5, backoff_max_s=0.3)
@@ -149,6 +151,44 @@ def test_a_killed_node_is_offline_then_ready_with_a_new_boot(
             await until(lambda: session.state == NodeState.READY and session.boot_id != boot, 2)
             assert session.counters.reboots == 1
             await fleet.set("sim3_c0", 5.0)
+
+    run(main())
+
+
+def test_heartbeats_ping_a_silent_node_and_keep_a_streaming_one_alive(
+    boards: tuple[Simulator, Path],
+) -> None:
+    """Telemetry off, every heartbeat is a PING; with STATE streaming, KEEPALIVE notices, and a
+    PING every `clock_every` heartbeats for the clock."""
+    sim, _ = boards
+    board = next(b for b in sim.boards if b.udp_port and b.serial_url is None)
+    options = SessionOptions(request_timeout_s=0.5, link_timeout_ms=300, telemetry_ms=0)
+
+    async def main() -> None:
+        hub = UdpHub(("127.0.0.1", 0))
+        link = UdpTransport(hub, "127.0.0.1", board.udp_port, board.key)
+        session = NodeSession("heartbeats", link, options=options)
+        await session.start()
+        try:
+            await session.wait_ready(5)
+            await session.request(messages.TELEMETRY, 0)  # the node's configured stream, off
+            await asyncio.sleep(0.2)
+            counters = session.counters
+            requests, keepalives = counters.requests, counters.keepalives
+            await asyncio.sleep(1.0)  # a heartbeat every 0.09-0.1 s
+            assert counters.keepalives == keepalives
+            assert counters.requests - requests >= 6
+            await session.request(messages.TELEMETRY, 20)
+            await asyncio.sleep(0.2)
+            requests, keepalives = counters.requests, counters.keepalives
+            await asyncio.sleep(1.2)
+            assert counters.keepalives - keepalives >= 6
+            assert 1 <= counters.requests - requests <= 4
+            assert session.state == NodeState.READY
+            await session.request(messages.TELEMETRY, 0)
+        finally:
+            await session.close()
+            hub.close()
 
     run(main())
 

@@ -10,6 +10,7 @@ from nodeclient import NoReplyError, UdpClient
 from nodetest import (
     channel,
     channel_state,
+    counters,
     info,
     node_now_us,
     states,
@@ -19,6 +20,7 @@ from nodetest import (
 )
 
 from servomesh.host.sim import Simulator
+from servomesh.protocol import cbor
 from servomesh.protocol import messages as E  # noqa: N812 (E.SET reads like the wire)
 
 PERIOD_US = 10_000  # 100 Hz control loop
@@ -202,6 +204,42 @@ def test_failsafe_acts_within_timeout_plus_one_tick(sim: Simulator) -> None:
     assert client.request(E.PING)[0] == E.PONG  # the link is back: failsafe ends, nothing moves
     state = client.wait_event(E.STATE, 1, lambda s: not s[3] & E.STATE_FAILSAFE)
     assert channel_state(state, 1)["setpoint_us"] == 1500
+    client.request(E.TELEMETRY, 0)
+    client.close()
+
+
+def test_keepalives_feed_the_failsafe_unanswered_and_only_when_bound(sim: Simulator) -> None:
+    client = udp_client(sim.boards[1])
+    client.request(E.CLEAR)
+    assert client.request(E.TELEMETRY, 10)[0] == E.ACK
+
+    def keepalives(seconds: float) -> list[list[Any]]:
+        """KEEPALIVE every 0.1 s for `seconds`; the STATE received meanwhile."""
+        received = []
+        for _ in range(round(seconds / 0.1)):
+            client.send_body(cbor.dumps([E.KEEPALIVE, client.next_seq()]), E.KEEPALIVE)
+            deadline = time.monotonic() + 0.1
+            while (left := deadline - time.monotonic()) > 0:
+                for body in client.receive_bodies(left):
+                    values = cbor.loads(body)
+                    assert values[0] in (E.STATE, E.LOG), values  # a notice gets no reply
+                    if values[0] == E.STATE:
+                        received.append(values)
+        return received
+
+    bound = keepalives(1.0)  # three link timeouts with nothing but KEEPALIVE
+    assert len(bound) > 50
+    assert not any(state[3] & E.STATE_FAILSAFE for state in bound)
+    executed = [counters(state)["requests_executed"] for state in (bound[0], bound[-1])]
+    assert executed[0] == executed[1]  # a notice is not a request executed
+
+    client.boot_id = None  # unbound from here: it could have been recorded before this boot
+    unbound = keepalives(0.6)
+    assert any(state[3] & E.STATE_FAILSAFE for state in unbound)
+    refused = counters(unbound[-1])["requests_refused"] - counters(bound[-1])["requests_refused"]
+    assert refused >= 5
+    info(client)  # binds again
+    assert client.request(E.PING)[0] == E.PONG  # ends the failsafe
     client.request(E.TELEMETRY, 0)
     client.close()
 

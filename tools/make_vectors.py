@@ -117,6 +117,7 @@ MESSAGES = {
     "TELEMETRY": [10, 308, 50, 2],
     "REBOOT": [11, 309, 100],
     "DISCOVER": [12, 1],
+    "KEEPALIVE": [16, 310],
     "ACK": [32, 300],
     "ACK result": [32, 300, 7],
     "ERROR": [33, 300, 5, 2],

@@ -287,6 +287,12 @@ class EmulatedNode:
         if kind >= messages.ACK:
             self.counters[_COUNTER["bodies_malformed"]] += 1
             return None
+        if kind == messages.KEEPALIVE:  # a notice: never answered, not a request executed
+            if self.receiver.bound:
+                self._host_seen(now_ns)
+            else:
+                self.counters[_COUNTER["requests_refused"]] += 1
+            return None
         if not self.receiver.bound and kind not in messages.READ_ONLY_KINDS:
             return self._error(seq, messages.E_UNBOUND)  # maybe recorded before this boot
         self._host_seen(now_ns)
