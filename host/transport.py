@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 HOST_SENDER_ID = 1
 KEY_ID = 1
-RECV_DRAIN = 256  # datagrams taken from the socket per turn of the event loop, at most
+RECV_DRAIN = 64  # datagrams taken from the socket per turn of the event loop, at most
 RECV_BATCH = 32  # STATE datagrams handled per turn: a reply waits at most ~1.5 ms behind them
 TELEMETRY_BACKLOG = 4096  # STATE datagrams held while the host catches up (~0.2 s of 20,000/s)
 _STATE_KIND = bytes([0x18, messages.STATE])  # CBOR's encoding of the kind, an int 24-255

@@ -51,6 +51,7 @@ TICKS_MASK = messages.TICKS_PERIOD - 1
 CACHE_SIZE = 32  # firmware/dispatch.py CACHE_SIZE and CACHE_TTL_MS
 CACHE_TTL_NS = 30_000 * 1_000_000
 UDP_BATCH = 16  # datagrams read per node per wake-up, as firmware/links.py
+TIMER_BATCH = 16  # STATE sent between looks at the sockets: requests never wait behind a burst
 MAX_MS = 60_000  # duration_ms, delay_ms and period_ms bounds of firmware/dispatch.py
 MIN_PERIOD_MS = 10
 MAX_AHEAD_US = 60_000_000
@@ -520,7 +521,11 @@ class Emulator:
                 node.drain(time.monotonic_ns())
                 self._schedule(node)
             now_ns = time.monotonic_ns()
-            while heap and heap[0][0] <= now_ns:
+            # Real nodes answer whatever their neighbours do: after a stall, the STATE that
+            # fell due go out a batch at a time, with the requests that wait read in between.
+            for _ in range(TIMER_BATCH):
+                if not heap or heap[0][0] > now_ns:
+                    break
                 due, _, node = heapq.heappop(heap)
                 if node.scheduled_ns != due:
                     continue  # rescheduled meanwhile
