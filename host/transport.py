@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import logging
 import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -79,6 +80,43 @@ class PadStateKey(HmacKey):
         signed = memoryview(packet)[:end]
         tag = self.digest(signed) if boot is None else self.digest(boot, signed)
         return hmac.compare_digest(tag[: len(packet) - end], memoryview(packet)[end:])
+
+
+_HEADER = struct.Struct(">2sBBHBHI")  # magic, version, flags, sender, key id, counter hi, lo
+
+
+class HostReceiver(datagram.Receiver):
+    """datagram.Receiver with its common case read in one struct call: a signed datagram whose
+    counter is the next of its sender's window. Every other datagram takes the shared code, and
+    gets its accept or its reason from it; a test holds the two to the same answers. Half the
+    receiver's cost per STATE; the node keeps the shared code, which MicroPython runs as is."""
+
+    def accept(self, datagram_: bytes) -> int:
+        size = len(datagram_)
+        if datagram.HEADER_BYTES + datagram.TAG_BYTES < size <= datagram.MAX_DATAGRAM:
+            magic, version, flags, sender_id, key_id, high, low = _HEADER.unpack_from(datagram_)
+            key = self._keys.get(key_id)
+            if (
+                key is not None
+                and flags == datagram.FLAG_SIGNED
+                and version == datagram.HEADER_VERSION
+                and magic == datagram.MAGIC
+            ):
+                end: int = size - datagram.TAG_BYTES
+                if not key.verify(datagram_, end):
+                    raise self._rejection("bad_tag")
+                peer = sender_id << 8 | key_id
+                window = self._windows.get(peer)
+                if window is not None and high == window[0] and low == window[1] + 1:
+                    datagram._mark(window[2], low)  # what _check_window does one ahead
+                    window[1] = low
+                else:
+                    self._check_window(peer, datagram_)
+                self.accepted += 1
+                self.bound = False
+                self.sender_id = sender_id
+                return end
+        return int(super().accept(datagram_))
 
 
 def is_state(body: bytes) -> bool:
@@ -259,7 +297,7 @@ class UdpTransport:
         self.sender = datagram.Sender(
             HOST_SENDER_ID, key, KEY_ID, counter=host_counter(), key_type=PadStateKey
         )
-        self.receiver = datagram.Receiver(
+        self.receiver = HostReceiver(
             {KEY_ID: key} if key is not None else None,
             allow_unsigned=key is None,
             key_type=PadStateKey,

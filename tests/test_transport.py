@@ -7,7 +7,7 @@ import os
 import socket
 
 import cbor2
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from servomesh.host import codec, transport
@@ -159,3 +159,51 @@ def test_telemetry_beyond_the_backlog_drops_the_oldest_and_counts_it() -> None:
     assert hub.shed == 300 - len(kept) > 0
     assert kept == sorted(kept, key=states.index)  # in order, gaps where the oldest went
     assert kept[-50:] == states[-50:]  # the newest are never the ones dropped
+
+
+def _answer(receiver: datagram.Receiver, packet: bytes) -> tuple[str, int]:
+    try:
+        return "accepted", receiver.accept(packet)
+    except datagram.DatagramError as error:
+        return error.reason, 0
+
+
+@settings(max_examples=300, deadline=None)
+@example(steps=[(0, 1, "good"), (0, 1, "good"), (0, 0, "good")])  # the next, then its replay
+@example(steps=[(2, 1, "good"), (2, 1, "good"), (2, 1, "good"), (2, -1, "good")])  # 32-bit carry
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.integers(0, 2),  # sender
+            # the counter's step from that sender's last: in order mostly, and repeats,
+            # reorders and jumps past the window
+            st.one_of(st.sampled_from([1, 1, 1, 0, -1, 2]), st.integers(-70, 70)),
+            st.sampled_from(
+                ["good"] * 6 + ["forged", "key id", "bound", "unsigned", "short", "magic"]
+            ),
+        ),
+        max_size=60,
+    )
+)
+def test_the_host_receiver_answers_every_datagram_as_the_shared_one(
+    steps: list[tuple[int, int, str]],
+) -> None:
+    shared = datagram.Receiver({1: KEY}, key_type=transport.PadStateKey, max_peers=2)
+    host = transport.HostReceiver({1: KEY}, key_type=transport.PadStateKey, max_peers=2)
+    counters = [1 << 32, 5, (1 << 32) - 2]  # one sender crosses the counter's 32-bit boundary
+    for sender, step, variant in steps:
+        counters[sender] = max(1, counters[sender] + step)
+        key = bytes(32) if variant == "forged" else KEY
+        seal = datagram.Sender(sender + 1, key, 2 if variant == "key id" else 1)
+        seal.counter = counters[sender] - 1
+        packet = seal.seal(PONG, bound_to=7 if variant == "bound" else None)
+        if variant == "unsigned":
+            packet = datagram.Sender(sender + 1, None, counter=counters[sender] - 1).seal(PONG)
+        elif variant == "short":
+            packet = packet[:20]
+        elif variant == "magic":
+            packet = b"SN" + packet[2:]
+        assert _answer(host, packet) == _answer(shared, packet)
+        assert (host.sender_id, host.bound) == (shared.sender_id, shared.bound)
+    assert host.rejected == shared.rejected
+    assert host.accepted == shared.accepted
