@@ -1,20 +1,16 @@
 """Who may call what: the bearer-token dependency of every route, and the WebSocket's check
 (token as a subprotocol, and an Origin of this server's own or one configured)."""
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Final
 
 from fastapi import Depends, Request, WebSocket
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 
 from servomesh.host.api.auth import LOCAL, Identity, Role, TokenStore
 from servomesh.host.api.errors import ApiError
 
 SUBPROTOCOL: Final = "servomesh"
 TOKEN_PREFIX: Final = "bearer."  # noqa: S105 (a subprotocol's prefix, not a secret)
-
-_bearer = HTTPBearer(auto_error=False, description="A token from `servomesh token`")
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 def identify(tokens: TokenStore, token: str | None) -> Identity:
@@ -29,22 +25,33 @@ def identify(tokens: TokenStore, token: str | None) -> Identity:
     return identity
 
 
-def require(role: Role) -> Callable[[Request, Credentials], Awaitable[Identity]]:
-    """A dependency that lets a request through when its token has at least `role`."""
+class RoleBearer(HTTPBearer):
+    """The bearer-token dependency: lets a request through when its token has at least `role`.
 
-    async def check(request: Request, credentials: Credentials) -> Identity:
+    One dependency, not a role check depending on HTTPBearer: FastAPI resolves each level of
+    a dependency tree per request, and the two levels cost a third of a joint command's time
+    in the framework. The OpenAPI schema still names one scheme, HTTPBearer."""
+
+    def __init__(self, role: Role) -> None:
+        super().__init__(
+            auto_error=False,
+            scheme_name="HTTPBearer",
+            description="A token from `servomesh token`",
+        )
+        self.role = role
+
+    async def __call__(self, request: Request) -> Identity:  # type: ignore[override]
+        credentials = await super().__call__(request)
         token = credentials.credentials if credentials is not None else None
         identity = identify(request.app.state.tokens, token)
-        if identity.role < role:
-            raise ApiError(403, "forbidden", "this needs the %s role" % role.label)
+        if identity.role < self.role:
+            raise ApiError(403, "forbidden", "this needs the %s role" % self.role.label)
         return identity
 
-    return check
 
-
-Viewer = Annotated[Identity, Depends(require(Role.VIEWER))]
-Operator = Annotated[Identity, Depends(require(Role.OPERATOR))]
-Admin = Annotated[Identity, Depends(require(Role.ADMIN))]
+Viewer = Annotated[Identity, Depends(RoleBearer(Role.VIEWER))]
+Operator = Annotated[Identity, Depends(RoleBearer(Role.OPERATOR))]
+Admin = Annotated[Identity, Depends(RoleBearer(Role.ADMIN))]
 
 
 def websocket_identity(websocket: WebSocket, origins: frozenset[str]) -> Identity:
