@@ -228,12 +228,7 @@ class NodeSession:
                     await self._window.wait_for(self._seq_free)
             finally:
                 self._queued -= 1
-        self._seq = self._seq % _SEQ_LIMIT + 1
-        seq = self._seq
-        body = codec.encode(kind, seq, *fields)  # a refused body leaves a gap in seqs: harmless
-        bound_to = (
-            self.boot_id if self.transport.bound and kind not in messages.READ_ONLY_KINDS else None
-        )
+        seq, body, bound_to = self._message(kind, fields)
         loop = asyncio.get_running_loop()
         self.counters.requests += 1
         attempts = max(1, self.options.attempts)
@@ -243,10 +238,7 @@ class NodeSession:
             for attempt in range(attempts):
                 if attempt:
                     self.counters.retries += 1
-                try:
-                    self.transport.send(body, bound_to)
-                except (LinkError, OSError) as error:
-                    raise NodeOfflineError("%s: %s" % (self.name, error)) from None
+                self._send(body, bound_to)
                 left = timeout - (time.monotonic() - started)
                 wait = left / (attempts - attempt)
                 if wait <= 0:
@@ -292,10 +284,19 @@ class NodeSession:
     def notify(self, kind: int, *fields: Any) -> None:
         """Send a notice (KEEPALIVE), which the node never answers; NodeOfflineError when the
         link cannot take it."""
+        _, body, bound_to = self._message(kind, fields)
+        self._send(body, bound_to)
+
+    def _message(self, kind: int, fields: tuple[Any, ...]) -> tuple[int, bytes, int | None]:
+        """The next seq, the body of `[kind, seq, *fields]` and the boot id to bind it to."""
         self._seq = self._seq % _SEQ_LIMIT + 1
-        body = codec.encode(kind, self._seq, *fields)
+        body = codec.encode(kind, self._seq, *fields)  # a refused body leaves a gap: harmless
+        bind = self.transport.bound and kind not in messages.READ_ONLY_KINDS
+        return self._seq, body, self.boot_id if bind else None
+
+    def _send(self, body: bytes, bound_to: int | None) -> None:
         try:
-            self.transport.send(body, self.boot_id if self.transport.bound else None)
+            self.transport.send(body, bound_to)
         except (LinkError, OSError) as error:
             raise NodeOfflineError("%s: %s" % (self.name, error)) from None
 

@@ -33,7 +33,7 @@ HOST_SENDER_ID = 1
 KEY_ID = 1
 RECV_DRAIN = 64  # datagrams taken from the socket per turn of the event loop, at most
 RECV_BATCH = 32  # STATE datagrams handled per turn: a reply waits at most ~1.5 ms behind them
-TELEMETRY_BACKLOG = 4096  # STATE datagrams held while the host catches up (~0.2 s of 20,000/s)
+STATE_BACKLOG = 4096  # STATE datagrams held while the host catches up (~0.2 s of 20,000/s)
 _STATE_KIND = bytes([0x18, messages.STATE])  # CBOR's encoding of the kind, an int 24-255
 Receive = Callable[[bytes], None]
 Lost = Callable[[str], None]
@@ -88,8 +88,9 @@ _HEADER = struct.Struct(">2sBBHBHI")  # magic, version, flags, sender, key id, c
 class HostReceiver(datagram.Receiver):
     """datagram.Receiver with its common case read in one struct call: a signed datagram whose
     counter is the next of its sender's window. Every other datagram takes the shared code, and
-    gets its accept or its reason from it; a test holds the two to the same answers. Half the
-    receiver's cost per STATE; the node keeps the shared code, which MicroPython runs as is."""
+    gets its accept or its reason from it; a test holds the two to the same answers. A fifth
+    less of the receiver's time per STATE; the node keeps the shared code, as MicroPython runs
+    it."""
 
     def accept(self, datagram_: bytes) -> int:
         size = len(datagram_)
@@ -139,13 +140,13 @@ class UdpHub:
     def __init__(
         self,
         bind: tuple[str, int] = ("0.0.0.0", 0),  # noqa: S104
-        state_backlog: int = TELEMETRY_BACKLOG,
+        state_backlog: int = STATE_BACKLOG,
     ) -> None:
         self.bind = bind
         self.state_backlog = state_backlog
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._backlog: deque[tuple[bytes, tuple[str, int]]] = deque()  # sends the kernel refused
+        self._unsent: deque[tuple[bytes, tuple[str, int]]] = deque()  # sends the kernel refused
         self._routes: dict[tuple[str, int], UdpTransport] = {}
         self.on_unknown: Callable[[bytes, tuple[str, int]], None] | None = None
         self.unrouted = 0
@@ -185,7 +186,7 @@ class UdpHub:
         sock = self._sock
         if sock is None or self._loop is None:
             raise LinkError("the UDP hub is closed")
-        if not self._backlog:
+        if not self._unsent:
             try:
                 sock.sendto(packet, address)
                 return
@@ -194,19 +195,19 @@ class UdpHub:
             except OSError as error:
                 self._error(error)
                 return
-        self._backlog.append((packet, address))  # in order, once the socket takes more
+        self._unsent.append((packet, address))  # in order, once the socket takes more
 
     def _writable(self) -> None:
         sock = self._sock
-        while sock is not None and self._backlog:
-            packet, address = self._backlog[0]
+        while sock is not None and self._unsent:
+            packet, address = self._unsent[0]
             try:
                 sock.sendto(packet, address)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
                 self._error(error)
-            self._backlog.popleft()
+            self._unsent.popleft()
         if sock is not None and self._loop is not None:
             self._loop.remove_writer(sock.fileno())
 
@@ -274,7 +275,7 @@ class UdpHub:
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
-        self._backlog.clear()
+        self._unsent.clear()
         self._telemetry.clear()
         if sock is None:
             return

@@ -141,7 +141,7 @@ def _queue_then_read(bodies: list[bytes], state_backlog: int) -> tuple[list[byte
 
 def test_a_reply_is_handled_before_the_telemetry_queued_ahead_of_it() -> None:
     states = [_state_body(seq) for seq in range(1, 601)]
-    received, hub = _queue_then_read([*states, PONG], transport.TELEMETRY_BACKLOG)
+    received, hub = _queue_then_read([*states, PONG], transport.STATE_BACKLOG)
     assert hub.shed == 0
     # Handled in arrival order, the PONG would come 601st. It waits for the socket's drains
     # before it, and a batch of STATE after each.

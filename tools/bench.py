@@ -62,6 +62,27 @@ def row(label: str, value: str, extra: str = "", target: str = "", status: str =
     print("  %-46s %10s  %-24s %-10s %s" % (label, value, extra, target, status))
 
 
+def section(title: str, run: Callable[[], object]) -> str:
+    """Run one section of the report; when something stops it (a process, a timeout), say so
+    under its title and return what, "" when it ran: the tables printed before it stand."""
+    try:
+        run()
+    except Exception as error:  # the report names it
+        failure = "%s: %s" % (type(error).__name__, error)
+        print("\n%s: FAILED, %s" % (title, failure))
+        return failure
+    return ""
+
+
+def alone(title: str, run: Callable[[], object]) -> int:
+    """A section run from its own file: its tables, then the targets it missed; exit status 1
+    when it could not run."""
+    if section(title, run):
+        return 1
+    print("\nMISS: %s" % ", ".join(misses) if misses else "\nAll targets met.")
+    return 0
+
+
 def paired_median(top: list[float], bottom: list[float], base: list[float] | None = None) -> float:
     """Median over repeats of top/bottom, each minus `base` (the loop overhead) when given."""
     zeros = [0.0] * len(top)
@@ -227,27 +248,16 @@ def main() -> int:
         print("\nMicroPython unix port (device codec): FAILED, %s" % failure)
     print_host(host_rounds, repeats)
     print_sizes(device)
-    node_failure = ""
-    try:
-        bench_node.run(args.quick, row, verdict)
-    except Exception as error:  # whatever stops it (a process, a timeout): the tables above stand
-        node_failure = "%s: %s" % (type(error).__name__, error)
-        print("\nNode benchmark: FAILED, %s" % node_failure)
-    try:
-        bench_ingest.run(args.quick, row, verdict)
-    except Exception as error:  # as above
-        node_failure = node_failure or "%s: %s" % (type(error).__name__, error)
-        print("\nHost ingest benchmark: FAILED, %s: %s" % (type(error).__name__, error))
-    try:
-        bench_api.run(args.quick, row, verdict)
-    except Exception as error:  # as above
-        node_failure = node_failure or "%s: %s" % (type(error).__name__, error)
-        print("\nHTTP API benchmark: FAILED, %s: %s" % (type(error).__name__, error))
-    try:
-        bench_deploy.run(args.quick, row, verdict)
-    except Exception as error:  # as above
-        node_failure = node_failure or "%s: %s" % (type(error).__name__, error)
-        print("\nDeploy benchmark: FAILED, %s: %s" % (type(error).__name__, error))
+    failures = [
+        section(title, lambda module=module: module.run(args.quick, row, verdict))
+        for title, module in (
+            ("Node benchmark", bench_node),
+            ("Host ingest benchmark", bench_ingest),
+            ("HTTP API benchmark", bench_api),
+            ("Deploy benchmark", bench_deploy),
+        )
+    ]
+    node_failure = next((failure for failure in failures if failure), "")
     print()
     if misses:
         print("MISS: %s (a report, not a test: exit status 0)" % ", ".join(misses))

@@ -319,13 +319,7 @@ def main() -> int:
         return serve(*args.serve)
     import bench  # its table format and MISS list
 
-    try:
-        run(args.quick, bench.row, bench.verdict)
-    except Exception as error:  # the report names it; exit status 1
-        print("\nHTTP API benchmark: FAILED, %s: %s" % (type(error).__name__, error))
-        return 1
-    print("\nMISS: %s" % ", ".join(bench.misses) if bench.misses else "\nAll targets met.")
-    return 0
+    return bench.alone("HTTP API benchmark", lambda: run(args.quick, bench.row, bench.verdict))
 
 
 if __name__ == "__main__":

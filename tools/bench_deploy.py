@@ -197,13 +197,7 @@ def main() -> int:
     args = parser.parse_args()
     import bench  # its table format and MISS list
 
-    try:
-        run(args.quick, bench.row, bench.verdict)
-    except Exception as error:  # the report names it; exit status 1
-        print("\nDeploy benchmark: FAILED, %s: %s" % (type(error).__name__, error))
-        return 1
-    print("\nMISS: %s" % ", ".join(bench.misses) if bench.misses else "\nAll targets met.")
-    return 0
+    return bench.alone("Deploy benchmark", lambda: run(args.quick, bench.row, bench.verdict))
 
 
 if __name__ == "__main__":

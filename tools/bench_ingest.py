@@ -382,13 +382,10 @@ def main() -> int:
     import bench  # its table format and MISS list
 
     counts = tuple(int(n) for n in args.nodes.split(","))
-    try:
-        run(args.quick, bench.row, bench.verdict, counts, args.profile)
-    except Exception as error:  # the report names it; exit status 1
-        print("\nHost ingest benchmark: FAILED, %s: %s" % (type(error).__name__, error))
-        return 1
-    print("\nMISS: %s" % ", ".join(bench.misses) if bench.misses else "\nAll targets met.")
-    return 0
+    return bench.alone(
+        "Host ingest benchmark",
+        lambda: run(args.quick, bench.row, bench.verdict, counts, args.profile),
+    )
 
 
 if __name__ == "__main__":
