@@ -73,6 +73,7 @@ def create_app(
             allow_methods=["GET", "PUT", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    app.include_router(routes.commands)
     app.include_router(routes.api)
     app.include_router(routes.probes)
 
