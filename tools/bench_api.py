@@ -3,13 +3,15 @@ telemetry freshness over the WebSocket. A report: targets print PASS or MISS.
 
     .venv/bin/python tools/bench_api.py [--quick]
 
-Simulated boards (MicroPython unix port) stream STATE every TELEMETRY_MS. Two uvicorn
+Simulated boards (MicroPython unix port) stream STATE every TELEMETRY_MS. Three uvicorn
 processes, started the same way (this file, --serve, on the first CPU): the real app
-(create_app on a Fleet of those boards) and a no-op app whose `PUT /noop/{name}` takes the same
-body model and does nothing, the framework's own floor. This process (on the last CPU, with
-the boards) is the client:
-- `PUT /api/joints/{name}` -> node ACK -> 200, against `PUT /noop/{name}`: one keep-alive
-  http.client connection each, in batches that take turns; p50/p99 over every sample.
+(create_app on a Fleet of those boards); a no-op app whose `PUT /noop/{name}` takes the same
+body model and does nothing, the framework's own floor; and that no-op route plus one UDP round
+trip to a bare MicroPython echo (bench_echo.py), the floor of any route that waits for a node.
+This process (on the last CPU, with the boards and the echo) is the client:
+- `PUT /api/joints/{name}` -> node ACK -> 200, against `PUT /noop/{name}` and
+  `PUT /echo/{name}`: one keep-alive http.client connection each, in batches that take turns;
+  p50/p99 over every sample.
 - Telemetry freshness: node STATE sent -> `joints` message received by a client, from the
   STATE's node_ticks_us (the unix port ticks on this machine's CLOCK_MONOTONIC, as
   time.monotonic_ns() does), with 1 and then CLIENTS WebSocket clients reading.
@@ -32,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +43,12 @@ from fastapi import FastAPI
 from websockets.asyncio.client import connect
 from websockets.typing import Origin, Subprotocol
 
+from servomesh.host import upy
 from servomesh.host.api import models
 from servomesh.host.api.app import create_app
 from servomesh.host.fleet import Fleet
 from servomesh.host.session import TICKS_MASK
-from servomesh.host.sim import Simulator, write_fleet_config
+from servomesh.host.sim import Simulator, free_udp_ports, write_fleet_config
 
 TELEMETRY_MS = 20
 NODES = 2
@@ -55,6 +58,8 @@ TARGET_RATIO = 1.4  # joint command p50 / no-op p50
 TARGET_FRESH_P99_MS = 20.0
 START_S, REPLY_S = 20.0, 5.0  # a server's start-up (the fleet's too); any single answer
 TMPFS = "/dev/shm"  # noqa: S108 - only mkdtemp creates anything there
+ECHO_SCRIPT = Path(__file__).with_name("bench_echo.py")
+ECHOED = 41  # bytes per echoed datagram: a signed SET's
 Row = Callable[..., None]
 Verdict = Callable[[str, bool], str]
 
@@ -72,14 +77,63 @@ def noop_app() -> FastAPI:
     return app
 
 
+class Echoes(asyncio.DatagramProtocol):
+    """Round trips to a UDP echo, one at a time: `await echoes.round_trip()`."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.waiting: asyncio.Future[bytes] | None = None
+        self.count = 0
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        if self.waiting is not None and not self.waiting.done():
+            self.waiting.set_result(data)
+
+    async def round_trip(self) -> None:
+        assert self.transport is not None  # noqa: S101 - started by the lifespan
+        self.count += 1
+        sent = self.count.to_bytes(ECHOED, "big")
+        self.waiting = asyncio.get_running_loop().create_future()
+        self.transport.sendto(sent)
+        if await asyncio.wait_for(self.waiting, REPLY_S) != sent:
+            raise RuntimeError("the echo answered another datagram")
+
+
+def echo_app(port: int) -> FastAPI:
+    echoes = Echoes()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: echoes, remote_addr=("127.0.0.1", port)
+        )
+        echoes.transport = transport
+        try:
+            yield
+        finally:
+            transport.close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.put("/echo/{name}")
+    async def echo(name: str, command: models.JointCommand) -> models.Command:
+        await echoes.round_trip()
+        return models.Command(trace_id=0, action="set")
+
+    return app
+
+
 def serve(kind: str, config: str) -> int:
-    """Serve the real app or the no-op one on a free loopback port; print the port first."""
+    """Serve the real app, the no-op one or the echo one on a free loopback port; print the
+    port first. `config`: the fleet's config, or the echo's UDP port."""
     # IPPROTO_TCP said, not left 0: asyncio sets TCP_NODELAY only on sockets that say it.
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.bind(("127.0.0.1", 0))
     print(listener.getsockname()[1], flush=True)
     logging.getLogger("servomesh.host").setLevel(logging.ERROR)  # reboots to config are expected
-    app = create_app(Fleet.from_config(config)) if kind == "app" else noop_app()
+    apps = {"app": lambda: create_app(Fleet.from_config(config)), "noop": noop_app}
+    app = apps.get(kind, lambda: echo_app(int(config)))()
     server = uvicorn.Server(
         uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
     )
@@ -87,13 +141,13 @@ def serve(kind: str, config: str) -> int:
     return 0
 
 
-def start_server(kind: str, config: Path, cpus: set[int], stack: contextlib.ExitStack) -> int:
-    """A server process in a session of its own, killed by the kernel should this process die
-    (PR_SET_PDEATHSIG) and when `stack` closes; returns its port."""
+def start(argv: list[str], cpus: set[int], stack: contextlib.ExitStack) -> str:
+    """A process in a session of its own, killed by the kernel should this process die
+    (PR_SET_PDEATHSIG) and when `stack` closes; returns the first line it prints."""
     prctl = ctypes.CDLL(None).prctl  # resolved before the fork
     death_signal = lambda: prctl(1, int(signal.SIGKILL), 0, 0, 0)  # noqa: E731 - C only
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", kind, str(config)],
+        argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         text=True,
@@ -107,8 +161,16 @@ def start_server(kind: str, config: Path, cpus: set[int], stack: contextlib.Exit
     assert proc.stdout is not None  # noqa: S101 - stdout=PIPE
     ready, _, _ = select.select([proc.stdout], [], [], START_S)
     line = proc.stdout.readline() if ready else ""
+    if not line:
+        raise RuntimeError("%s did not start (exit %s)" % (" ".join(argv[1:3]), proc.poll()))
+    return line
+
+
+def start_server(kind: str, config: object, cpus: set[int], stack: contextlib.ExitStack) -> int:
+    """A server (this file, --serve) for `kind`; returns its port."""
+    line = start([sys.executable, __file__, "--serve", kind, str(config)], cpus, stack)
     if not line.strip().isdigit():
-        raise RuntimeError("the %s server did not start (exit %s)" % (kind, proc.poll()))
+        raise RuntimeError("the %s server printed %r, not its port" % (kind, line))
     return int(line)
 
 
@@ -248,12 +310,16 @@ def run(quick: bool, row: Row, verdict: Verdict) -> None:
         config = write_fleet_config(sim, folder / "fleet.toml")
         every = r"\1telemetry_ms = %d\n" % TELEMETRY_MS
         config.write_text(re.sub(r"(\[nodes\.[^\]]+\]\n)", every, config.read_text()))
+        (echo_port,) = free_udp_ports(1)
+        start(upy.command(str(ECHO_SCRIPT), "udp", str(echo_port)), client_cpus, stack)
         app_port = start_server("app", config, server_cpus, stack)
         noop_port = start_server("noop", config, server_cpus, stack)
+        echo_route_port = start_server("echo", echo_port, server_cpus, stack)
         wait_ready(app_port)
         putters = {
             "PUT /api/joints/{name} (node ACK)": Putter(app_port, "/api/joints/" + JOINT),
             "PUT /noop/{name} (no-op route)": Putter(noop_port, "/noop/" + JOINT),
+            "PUT /echo/{name} (no-op + UDP echo)": Putter(echo_route_port, "/echo/" + JOINT),
         }
         latencies = interleave(putters, samples, batch)
         in_fleet_ms = command_ms(app_port, samples)
@@ -261,9 +327,9 @@ def run(quick: bool, row: Row, verdict: Verdict) -> None:
         many = asyncio.run(asyncio.wait_for(freshness(app_port, CLIENTS, fresh_s), fresh_s + 30))
         drops = dropped(app_port)
     print(
-        "\nHTTP API: uvicorn (h11, asyncio) in 2 processes on CPU %s, client and %d boards on "
-        "CPU %s;\n  %d PUTs per route in batches of %d taking turns (keep-alive http.client); "
-        "boards stream STATE every %d ms"
+        "\nHTTP API: uvicorn (h11, asyncio) in 3 processes on CPU %s, client, %d boards and the "
+        "echo on CPU %s;\n  %d PUTs per route in batches of %d taking turns (keep-alive "
+        "http.client); boards stream STATE every %d ms"
         % (
             ",".join(map(str, sorted(server_cpus))) or "any",
             NODES,
@@ -279,15 +345,16 @@ def run(quick: bool, row: Row, verdict: Verdict) -> None:
         p50s.append(statistics.median(values))
         extra = "%.0f; %.0f" % (percentile(values, 0.99), max(values))
         row(name, "%.0f" % p50s[-1], extra)
-    extra = "%.0f; %.0f" % (percentile(in_fleet_ms, 0.99) * 1000, max(in_fleet_ms) * 1000)
-    row(
-        "  of which fleet.set (operation log)",
-        "%.0f" % (statistics.median(in_fleet_ms) * 1000),
-        extra,
-    )
-    ratio = p50s[0] / p50s[1]
-    ok = verdict("joint command p50 / no-op p50", ratio <= TARGET_RATIO)
-    row("ratio joint command p50 / no-op p50", "%.2f" % ratio, "", "<= %.1f" % TARGET_RATIO, ok)
+        if len(p50s) == 1:
+            extra = "%.0f; %.0f" % (percentile(in_fleet_ms, 0.99) * 1000, max(in_fleet_ms) * 1000)
+            median_ms = statistics.median(in_fleet_ms)
+            row("  of which fleet.set (operation log)", "%.0f" % (median_ms * 1000), extra)
+    joint, noop, echo = p50s
+    ok = verdict("joint command p50 / no-op p50", joint / noop <= TARGET_RATIO)
+    target = "<= %.1f" % TARGET_RATIO
+    row("ratio joint command p50 / no-op p50", "%.2f" % (joint / noop), "", target, ok)
+    # What any route that waits for a node pays before doing anything itself.
+    row("  floor: no-op + UDP echo p50 / no-op p50", "%.2f" % (echo / noop))
     print(
         "\nTelemetry freshness: node STATE sent -> `joints` received by a WebSocket client, "
         "%.0f s per case\n  (host->client: the hub's receive of the STATE -> the client)" % fresh_s
