@@ -115,6 +115,7 @@ class Fleet:
         self._status_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._operation_listeners: list[Callable[[oplog.Operation], None]] = []
         self.oplog = oplog.OperationLog(config.host.data_dir) if log_operations else None
+        self._oplog_failing = False  # the last record was refused: warned already
         base = options or SessionOptions()
         for name, node in config.nodes.items():
             self.sessions[name] = NodeSession(
@@ -652,7 +653,15 @@ class Fleet:
             latency_ms=(time.monotonic() - started) * 1000,
         )
         if self.oplog is not None:
-            self.oplog.append(operation)
+            try:
+                self.oplog.append(operation)
+                self._oplog_failing = False
+            except oplog.OperationLogError as failure:
+                # The command happened (or failed for its own reason): a log that cannot take
+                # its record must not answer for it. Said once per outage, not per command.
+                level = logging.DEBUG if self._oplog_failing else logging.WARNING
+                log.log(level, "operation %s (trace %d) not logged: %s", action, trace, failure)
+                self._oplog_failing = True
         for listener in list(self._operation_listeners):
             listener(operation)
 

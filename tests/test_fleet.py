@@ -1,6 +1,7 @@
 """The orchestrator core against real simulated nodes: sessions, moves, stop, log, reboots."""
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from nodeclient import UdpClient
 from nodetest import wait_ready
 
 from servomesh.host.fleet import Fleet, LimitError, StoppedError, UnknownNameError
+from servomesh.host.oplog import Operation
 from servomesh.host.session import (
     NodeIncompatibleError,
     NodeOfflineError,
@@ -102,6 +104,33 @@ def test_bad_targets_are_refused_without_motion(boards: tuple[Simulator, Path]) 
             fleet.oplog.flush()
             results = [entry.result for entry in fleet.oplog.query(limit=2)]
             assert results == ["unknown", "out_of_limits"]
+
+    run(main())
+
+
+def test_an_operation_log_that_refuses_records_fails_no_command(
+    boards: tuple[Simulator, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A closed log here; a full one or a failing disk refuse records the same way. The
+    commands keep their own results, the listeners still hear of them, and the refusal is
+    said once as a warning, then at debug level."""
+    _, config = boards
+
+    async def main() -> None:
+        async with Fleet.from_config(config, options=FAST) as fleet:
+            heard: list[Operation] = []
+            fleet.subscribe_operations(heard.append)
+            assert fleet.oplog is not None
+            fleet.oplog.close()
+            caplog.set_level(logging.DEBUG, logger="servomesh.host.fleet")
+            traces = [await fleet.set("sim1_c0", deg) for deg in (5.0, -5.0)]
+            with pytest.raises(UnknownNameError, match="nope"):
+                await fleet.set("nope", 0)
+            said = [r for r in caplog.records if "not logged" in r.getMessage()]
+            assert [r.levelno for r in said] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+            assert "closed" in said[0].getMessage()
+            assert [op.result for op in heard] == ["ok", "ok", "unknown"]
+            assert [op.trace_id for op in heard[:2]] == traces
 
     run(main())
 
