@@ -4,6 +4,7 @@ Labels are bounded: node names come from the fleet config, reasons and results f
 protocol's catalogue, actions from the fleet's commands. Nothing keyed by trace or joint value.
 """
 
+import bisect
 from collections import Counter
 from collections.abc import Iterator
 from typing import Final, Protocol
@@ -53,7 +54,7 @@ class FleetCollector(Collector):
         self.commands[(operation.action, operation.result)] += 1
         seconds = operation.latency_ms / 1000
         counts = self._buckets.setdefault(operation.action, [0] * (len(BUCKETS) + 1))
-        index = next((i for i, edge in enumerate(BUCKETS) if seconds <= edge), len(BUCKETS))
+        index = bisect.bisect_left(BUCKETS, seconds)  # the first edge >= seconds: le
         counts[index] += 1
         self._sums[operation.action] = self._sums.get(operation.action, 0.0) + seconds
 
