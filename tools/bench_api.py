@@ -20,14 +20,12 @@ This process (on the last CPU, with the boards and the echo) is the client:
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import http.client
 import json
 import logging
 import os
 import re
 import select
-import signal
 import socket
 import statistics
 import subprocess
@@ -38,6 +36,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import children
 import uvicorn
 from fastapi import FastAPI
 from websockets.asyncio.client import connect
@@ -132,8 +131,12 @@ def serve(kind: str, config: str) -> int:
     listener.bind(("127.0.0.1", 0))
     print(listener.getsockname()[1], flush=True)
     logging.getLogger("servomesh.host").setLevel(logging.ERROR)  # reboots to config are expected
-    apps = {"app": lambda: create_app(Fleet.from_config(config)), "noop": noop_app}
-    app = apps.get(kind, lambda: echo_app(int(config)))()
+    if kind == "app":
+        app = create_app(Fleet.from_config(config))
+    elif kind == "noop":
+        app = noop_app()
+    else:
+        app = echo_app(int(config))
     server = uvicorn.Server(
         uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
     )
@@ -142,22 +145,9 @@ def serve(kind: str, config: str) -> int:
 
 
 def start(argv: list[str], cpus: set[int], stack: contextlib.ExitStack) -> str:
-    """A process in a session of its own, killed by the kernel should this process die
-    (PR_SET_PDEATHSIG) and when `stack` closes; returns the first line it prints."""
-    prctl = ctypes.CDLL(None).prctl  # resolved before the fork
-    death_signal = lambda: prctl(1, int(signal.SIGKILL), 0, 0, 0)  # noqa: E731 - C only
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=death_signal,  # noqa: PLW1509 - no threads yet; it only calls prctl
-    )
-    stack.callback(proc.wait, 5)
-    stack.callback(os.killpg, proc.pid, signal.SIGKILL)
-    if cpus:
-        os.sched_setaffinity(proc.pid, cpus)
+    """A child process (children.spawn) that `stack` kills; returns the first line it prints."""
+    null, pipe = subprocess.DEVNULL, subprocess.PIPE
+    proc = children.spawn(argv, cpus, stack, stdin=null, stdout=pipe, text=True)
     assert proc.stdout is not None  # noqa: S101 - stdout=PIPE
     ready, _, _ = select.select([proc.stdout], [], [], START_S)
     line = proc.stdout.readline() if ready else ""

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import ctypes
 import json
 import logging
 import os
@@ -27,7 +26,6 @@ import pstats
 import random
 import re
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+import children
 import node_emulator
 
 NODE_COUNTS = (10, 100, 400, 500)  # the issue's three, and 400: the target's 20,000 frames/s
@@ -216,21 +215,15 @@ def worker_main(options: argparse.Namespace) -> int:
 
 
 def start_worker(argv: list[str], cpus: set[int], stderr: TextIO) -> subprocess.Popen[str]:
-    """The worker in a session of its own, killed by the kernel should this process die."""
-    prctl = ctypes.CDLL(None).prctl  # resolved before the fork
-    death_signal = lambda: prctl(1, int(signal.SIGKILL), 0, 0, 0)  # noqa: E731 - C only
-    proc = subprocess.Popen(
+    """The worker, a child process (children.spawn) pinned to `cpus`."""
+    return children.spawn(
         [sys.executable, __file__, "--worker", *argv],
+        cpus,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,
-        start_new_session=True,
-        preexec_fn=death_signal,  # noqa: PLW1509 - no threads yet; it only calls prctl
     )
-    if cpus:
-        os.sched_setaffinity(proc.pid, cpus)
-    return proc
 
 
 def measure(nodes: int, windows: int, window_s: float, profile: bool) -> dict[str, Any]:

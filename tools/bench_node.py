@@ -11,13 +11,11 @@ case pays the same cross-CPU wake-ups.
 """
 
 import contextlib
-import ctypes
 import gc
 import http.client
 import logging
 import os
 import select
-import signal
 import socket
 import statistics
 import subprocess
@@ -29,6 +27,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+import children
 import serial
 from mpremote.transport_serial import SerialTransport
 
@@ -301,15 +300,9 @@ def paced(once: Once, seconds: float, hz: int) -> int:
 
 
 def start(argv: list[str], env: dict[str, str], stack: contextlib.ExitStack) -> int:
-    """Start a process in a group of its own, killed with it when `stack` closes, and by the
-    kernel should this process die first (PR_SET_PDEATHSIG); return its pid."""
-    prctl, null = ctypes.CDLL(None).prctl, subprocess.DEVNULL  # prctl resolved before the fork
-    death_signal = lambda: prctl(1, int(signal.SIGKILL), 0, 0, 0)  # noqa: E731 - C only
-    options: dict[str, Any] = {"stdin": null, "stdout": null, "stderr": null, "env": env}
-    proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=death_signal, **options)  # noqa: PLW1509
-    stack.callback(proc.wait, 5)
-    stack.callback(os.killpg, proc.pid, signal.SIGKILL)
-    return proc.pid
+    """A child process (children.spawn), silent, that `stack` kills; returns its pid."""
+    null = subprocess.DEVNULL
+    return children.spawn(argv, None, stack, stdin=null, stdout=null, stderr=null, env=env).pid
 
 
 def run(quick: bool, row: Row, verdict: Verdict) -> None:
