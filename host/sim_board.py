@@ -251,6 +251,10 @@ class Board:
         try:
             if cause is not None:
                 self._spawn_main(cause)
+            elif not role_main and status == -signal.SIGINT and self.relay is not None:
+                # A Ctrl-C that came while the interpreter started, before it handled SIGINT.
+                # A board's REPL takes Ctrl-C at any time, so this one stays at its REPL.
+                self._spawn([], BoardState.REPL)
             elif role_main and self.relay is not None:
                 self._report(status, "the board is at its REPL")
                 self._spawn([], BoardState.REPL)

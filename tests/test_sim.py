@@ -337,6 +337,21 @@ def test_mpremote_breaks_in_with_ctrl_c_and_the_board_restarts(
         assert result.stdout.strip() == str(board.flash)
 
 
+def test_a_ctrl_c_while_the_repl_starts_leaves_the_board_at_its_repl() -> None:
+    # The state says REPL once the interpreter is spawned; a Ctrl-C sent at once reaches it
+    # before it handles SIGINT, and kills it. A board's REPL would just print a prompt.
+    with Simulator(nodes=1, serial=1, main="") as sim:
+        board = sim.boards[0]
+        board.wait_until(lambda b: b.state is BoardState.REPL, START_S)
+        assert board.serial_url is not None
+        with serial.Serial(board.serial_url.removeprefix("serial://"), timeout=START_S) as port:
+            port.write(b"\x03")
+            assert port.read_until(b">>> ").endswith(b">>> ")
+            port.write(b"6*7\r")
+            assert b"6*7\r\n42" in port.read_until(b"42")
+        assert (board.state, board.restarts) == (BoardState.REPL, 0)  # no reset either
+
+
 def read_lines(process: subprocess.Popen[bytes], count: int, timeout_s: float) -> list[str]:
     """The first `count` lines of the process's stdout, raw from the pipe (no buffer to outwait)."""
     assert process.stdout is not None
