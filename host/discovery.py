@@ -54,10 +54,17 @@ MAX_ANSWERS: Final = 1024
 MAX_ADDRESSES: Final = 4096
 _CONSOLE_KEPT_BYTES: Final = 256  # the last console text of a serial port, to recognise a REPL
 _RAW_REPL_BANNER: Final = b"raw REPL; CTRL-B to exit"
-_REPL_PROMPT: Final = b"\n>>> "  # the friendly REPL answers a line of bytes with its prompt
-_CTRL_B: Final = b"\x02"  # leaves MicroPython's raw REPL
-_CTRL_C: Final = b"\x03"  # clears the friendly REPL's line
+_REPL_PROMPT: Final = b"\n>>> "
+_CTRL_C: Final = b"\x03"  # clears a REPL's line (friendly) or its buffer (raw)
 _SEQ_MAX: Final = 0x3FFFFFFF
+# Bytes a MicroPython REPL acts on rather than takes as typing: Ctrl-A..F (raw REPL, banner,
+# Ctrl-C, soft reset, paste mode; cursor keys mid-line), backspace, tab (completion), Enter,
+# Ctrl-K/N/P/U/W (line editing, history) and escape sequences. A DISCOVER frame sent to a serial
+# port holds none of them, so a board at its REPL only types it: nothing runs, resets or
+# changes mode, whatever the random seq and the CRC would have made of it.
+_REPL_KEYS: Final = frozenset(b"\x01\x02\x03\x04\x05\x06\x08\t\n\x0b\r\x0e\x10\x15\x17\x1b\x7f")
+# The frame's printable ASCII, which a friendly REPL echoes: enough of it to recognise the echo.
+_ECHO_MIN_BYTES: Final = 3
 
 
 class DiscoveryError(ValueError):
@@ -472,8 +479,7 @@ async def _ask(fd: int, link: str, timeout_s: float) -> FoundNode | str:
     """Send DISCOVER at the ROUNDS of the timeout until INFO or ERROR answers it. On the port's
     non-blocking fd, plain os.read and os.write never block the loop."""
     loop = asyncio.get_running_loop()
-    seq = 1 + secrets.randbelow(_SEQ_MAX)  # not a stale reply's, from an earlier host
-    frame = stream.encode_frame(codec.encode(messages.DISCOVER, seq))
+    seq, frame, echo = _typeable_discover()
     answer: asyncio.Future[codec.Message] = loop.create_future()
     decoder = stream.FrameDecoder()
     console = bytearray()
@@ -521,18 +527,29 @@ async def _ask(fd: int, link: str, timeout_s: float) -> FoundNode | str:
         loop.remove_reader(fd)
         if not answer.done():
             answer.cancel()
-    if _RAW_REPL_BANNER in console or _REPL_PROMPT in console:
-        # Leave the REPL as it was: a frame's bytes may hold a Ctrl-A, which puts it into raw
-        # mode (Ctrl-B leaves that), and are typed into its line otherwise (Ctrl-C clears the
-        # line; no node runs here for it to interrupt).
+    if echo in console or _REPL_PROMPT in console or _RAW_REPL_BANNER in console:
+        # Leave the REPL as it was: the frames were only typed into its line (or raw buffer),
+        # and Ctrl-C clears that. Never sent elsewhere: it would stop a running program.
         with contextlib.suppress(OSError):
-            os.write(fd, _CTRL_B if _RAW_REPL_BANNER in console else _CTRL_C)
+            os.write(fd, _CTRL_C)
         return "%s: a MicroPython REPL without the servomesh node running" % link
     return "%s: no answer to DISCOVER within %.1f s (not a servomesh node, or booting)%s" % (
         link,
         timeout_s,
         "; it printed text" if console.strip() else "",
     )
+
+
+def _typeable_discover() -> tuple[int, bytes, bytes]:
+    """A DISCOVER frame with a fresh random seq (not a stale reply's, from an earlier host) that
+    a REPL takes as plain typing, its seq and the text a friendly REPL echoes for it. About
+    one seq in three qualifies."""
+    while True:
+        seq = 1 + secrets.randbelow(_SEQ_MAX)
+        frame = stream.encode_frame(codec.encode(messages.DISCOVER, seq))
+        echo = bytes(byte for byte in frame if 0x20 <= byte < 0x7F)
+        if len(echo) >= _ECHO_MIN_BYTES and _REPL_KEYS.isdisjoint(frame):
+            return seq, frame, echo
 
 
 async def probe_serial_ports(

@@ -188,24 +188,51 @@ def test_serial_probe_says_why_a_port_is_not_a_node(
     assert "no answer to DISCOVER within 0.2 s" in silent
 
 
-def test_a_bare_micropython_repl_is_named_and_left_as_it_was(tmp_path: Path) -> None:
+@pytest.fixture
+def bare_repl(tmp_path: Path) -> Iterator[Simulator]:
+    """A board whose main.py does nothing, so it sits at its friendly REPL."""
     with Simulator(nodes=1, serial=1, folder=tmp_path / "boards", main="") as sim:
-        board = sim.boards[0]
-        board.wait_until(lambda b: b.state is BoardState.REPL, 10)
-        note = run(discovery.probe_serial(pty(sim, 0), FAST_S))
-        assert note == "serial://%s: a MicroPython REPL without the servomesh node running" % (
-            pty(sim, 0)
-        )
-        # Back at the friendly REPL, which evaluates a line at Enter (the raw REPL would not).
-        with serial.Serial(pty(sim, 0), timeout=0.1) as port:
-            port.reset_input_buffer()
-            port.write(b"6*7\r")
-            seen = b""
-            for _ in range(50):
-                seen += port.read(256)
-                if b"42" in seen:
-                    break
-        assert b"6*7\r\n42" in seen, seen  # echoed and evaluated: the raw REPL does neither
+        sim.boards[0].wait_until(lambda b: b.state is BoardState.REPL, 10)
+        yield sim
+
+
+def test_a_bare_micropython_repl_is_named_and_left_as_it_was(bare_repl: Simulator) -> None:
+    board = bare_repl.boards[0]
+    pid = board.pid
+    note = run(discovery.probe_serial(pty(bare_repl, 0), FAST_S))
+    assert note == "serial://%s: a MicroPython REPL without the servomesh node running" % (
+        pty(bare_repl, 0)
+    )
+    assert (board.pid, board.state) == (pid, BoardState.REPL)  # never soft-reset
+    # Back at the friendly REPL with an empty line, which evaluates a line at Enter (the raw
+    # REPL would not).
+    with serial.Serial(pty(bare_repl, 0), timeout=5) as port:
+        port.reset_input_buffer()
+        port.write(b"6*7\r")
+        seen = port.read_until(b"42")
+    assert b"6*7\r\n42" in seen, seen  # echoed and evaluated: the raw REPL does neither
+
+
+def test_a_serial_discover_is_only_typing_to_a_repl(bare_repl: Simulator) -> None:
+    # The seq and CRC are random: drawn as a probe draws them, 40 frames of 40 different seqs
+    # go to the real interpreter's REPL. Any byte it acted on (Enter, Ctrl-A, Ctrl-D, ...)
+    # would run the line, change the REPL's mode, or soft-reset the board.
+    board = bare_repl.boards[0]
+    with serial.Serial(pty(bare_repl, 0), timeout=5) as port:
+        port.write(b"\x03")  # past the banner the REPL may still be printing
+        assert port.read_until(b"\r\n>>> ").endswith(b"\r\n>>> ")
+        pid = board.pid
+        for _ in range(40):
+            _, frame, echo = discovery._typeable_discover()
+            port.write(frame)
+            seen = port.read_until(echo)
+            assert seen == echo, (frame.hex(), seen)  # its printable bytes typed, nothing else
+            port.write(b"\x03")
+            seen = port.read_until(b">>> ")
+            assert seen == b"\r\n>>> ", (frame.hex(), seen)  # the line cleared, no output
+        port.write(b"6*7\r")
+        assert b"6*7\r\n42" in port.read_until(b"42")
+    assert (board.pid, board.state) == (pid, BoardState.REPL)
 
 
 def test_the_usb_filter_picks_the_boards_ports(monkeypatch: pytest.MonkeyPatch) -> None:
