@@ -3,6 +3,7 @@ and WebSocket clients. Commands, stop and clear, poses, sequences, the operation
 and the auth matrix."""
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,6 +84,8 @@ def test_every_node_is_ready(server: tuple[str, dict[str, str]]) -> None:
         assert http.get("/readyz").json() == {"ready": True, "not_ready": {}}
         nodes = http.get("/api/nodes").json()
         assert [node["state"] for node in nodes] == ["ready"] * 3
+        # The handshake's requests at least (HELLO, INFO, PING...); heartbeats since, if any.
+        assert all(node["requests"] >= 2 and node["keepalives"] >= 0 for node in nodes), nodes
         assert http.get("/api/nodes/sim-2").json()["name"] == "sim-2"
 
 
@@ -203,6 +206,11 @@ def test_metrics_in_prometheus_format(server: tuple[str, dict[str, str]]) -> Non
     with client(server, "viewer") as http:
         text = http.get("/metrics").text
         assert 'servomesh_node_up{node="sim-1"} 1.0' in text
+        requests = http.get("/api/nodes/sim-1").json()["requests"]
+        counted = re.search(r'servomesh_node_requests_total\{node="sim-1"\} (\d+)\.0', text)
+        assert counted is not None, text
+        assert 2 <= int(counted.group(1)) <= requests
+        assert 'servomesh_node_keepalives_total{node="sim-1"}' in text
         assert "servomesh_commands_total{" in text
         assert "servomesh_command_duration_seconds_bucket{" in text
         assert "servomesh_telemetry_shed_frames_total 0.0" in text

@@ -73,7 +73,9 @@ class FleetCollector(Collector):
         simple = {
             name: CounterMetricFamily("servomesh_node_%s" % name, text, labels=["node"])
             for name, text in (
+                ("requests", "Requests sent, each counted once however often it is sent"),
                 ("retries", "Requests sent again"),
+                ("keepalives", "KEEPALIVE heartbeats sent (no reply: the link is heard from)"),
                 ("timeouts", "Requests that got no answer"),
                 ("reconnects", "Times the link was found dead and reopened"),
                 ("reboots", "Node reboots seen (new boot ids)"),

@@ -86,7 +86,9 @@ class Node(BaseModel):
     rtt_ms: float | None
     clock_offset_us: int | None
     clock_uncertainty_us: int | None
+    requests: int
     retries: int
+    keepalives: int
     timeouts: int
     reconnects: int
     reboots: int
