@@ -14,6 +14,9 @@ from servomesh.host.fleet import Fleet, FleetError, read_key
 from servomesh.host.session import NodeError
 
 READY_TIMEOUT_S = 3.0
+# More for a node that answered, then rebooted to apply the config: a board boots and joins
+# Wi-Fi again in a few seconds. A node that never answers is reported after READY_TIMEOUT_S.
+REBOOT_GRACE_S = 15.0
 MAX_TIMEOUT_S = 60.0
 _COLUMNS = ("name", "state", "link", "node_id", "firmware", "rtt_ms", "retries", "why")
 _FOUND_COLUMNS = (
@@ -153,7 +156,7 @@ async def _run(options: argparse.Namespace) -> int:
         return await _nodes(options)
     fleet = Fleet.from_config(options.config, source="cli")
     try:
-        await fleet.start(READY_TIMEOUT_S)
+        await fleet.start(READY_TIMEOUT_S, REBOOT_GRACE_S)
         if options.command == "move":
             trace = await fleet.move(_targets(options.targets), options.ms)
         elif options.command == "stop":
@@ -192,7 +195,7 @@ async def _nodes(options: argparse.Namespace) -> int:
     try:
         # Before the sessions start: discovery probes only the serial ports they will not use.
         found = await _discover(options, fleet.config) if options.discover else None
-        await fleet.start(READY_TIMEOUT_S)
+        await fleet.start(READY_TIMEOUT_S, REBOOT_GRACE_S)
         rows = fleet.nodes()
     finally:
         await fleet.close()

@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -143,14 +143,18 @@ class Fleet:
         key = read_key(node.key_file) if node.key_file is not None else None
         return UdpTransport(self.hub, link.host, link.port, key)
 
-    async def start(self, ready_timeout_s: float = 5.0) -> None:
-        """Start every session and wait up to `ready_timeout_s` for them to be ready; nodes
-        that are not stay offline and keep reconnecting (see `nodes()`)."""
+    async def start(self, ready_timeout_s: float = 5.0, reboot_grace_s: float = 0.0) -> None:
+        """Start every session and wait up to `ready_timeout_s` for them to be ready, and up to
+        `reboot_grace_s` more for those that answered but are not ready yet: most often a node
+        rebooting to apply the fleet's config, which on a board means booting and joining
+        Wi-Fi again. Nodes that are not ready stay offline and keep reconnecting (`nodes()`)."""
         await self.hub.start()
         for session in self.sessions.values():
             await session.start()
-        with contextlib.suppress(NodeError):
-            await asyncio.gather(*(s.wait_ready(ready_timeout_s) for s in self.sessions.values()))
+        await _wait_ready(self.sessions.values(), ready_timeout_s)
+        await _wait_ready(
+            [s for s in self.sessions.values() if s.boot_id is not None], reboot_grace_s
+        )
         for session in self.sessions.values():
             if not session.ready:
                 session.log.warning("%s (%s)", session.state, session.why)
@@ -666,6 +670,17 @@ class Fleet:
                 self._oplog_failing = True
         for listener in list(self._operation_listeners):
             listener(operation)
+
+
+async def _wait_ready(sessions: Iterable[NodeSession], timeout_s: float) -> None:
+    """Until each of `sessions` is ready or `timeout_s` has passed, whichever comes first."""
+    if timeout_s <= 0:
+        return
+    waiting = [s.wait_ready(timeout_s) for s in sessions if not s.ready]
+    # Every wait to its end: on a first NodeError, gather would return with the others running.
+    for outcome in await asyncio.gather(*waiting, return_exceptions=True):
+        if isinstance(outcome, BaseException) and not isinstance(outcome, NodeError):
+            raise outcome
 
 
 def _result(error: BaseException | None) -> str:

@@ -3,12 +3,15 @@
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from servomesh.host.sim import Simulator, write_fleet_config
+from servomesh.host.cli_fleet import READY_TIMEOUT_S, REBOOT_GRACE_S
+from servomesh.host.sim import DEFAULT_MAIN, Simulator, write_fleet_config
+from servomesh.host.sim_board import BoardState
 
 SERVOMESH = str(Path(sys.executable).with_name("servomesh"))
 
@@ -69,3 +72,31 @@ def test_a_bad_config_file_is_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "nodes.a.link" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_nodes_waits_for_a_node_that_reboots_to_apply_the_config_not_for_a_dead_one(
+    tmp_path: Path,
+) -> None:
+    # Each boot takes longer than READY_TIMEOUT_S, as a board's boot and Wi-Fi join may.
+    slow_boot_s = READY_TIMEOUT_S + 0.5
+    main = "import time\ntime.sleep(%.1f)\n%s" % (slow_boot_s, DEFAULT_MAIN)
+    with Simulator(nodes=2, folder=tmp_path / "boards", main=main) as sim:
+        config = str(write_fleet_config(sim, tmp_path / "fleet.toml"))
+        slow, dead = sim.boards
+        dead.terminate()
+        dead.wait_until(lambda b: b.state is BoardState.OFF, 10)
+        key_file = tmp_path / "fleet.keys" / "sim-1.key"
+        first_boot = run(
+            *("nodes", "--target", "127.0.0.1:%d" % slow.udp_port, "--key-file", str(key_file)),
+            *("--timeout", str(slow_boot_s + 5)),
+        )
+        assert first_boot.returncode == 0, first_boot.stderr
+        started = time.monotonic()
+        result = run("nodes", "--config", config, "--json")
+        elapsed = time.monotonic() - started
+    assert "sim-1: rebooting to apply the fleet's config" in result.stderr  # the CLI's first run
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert (rows["sim-1"]["state"], rows["sim-1"]["reboots"]) == ("ready", 1)
+    assert rows["sim-2"]["state"] == "connecting"  # never answered
+    assert result.returncode == 1  # not every node is ready
+    assert elapsed < READY_TIMEOUT_S + REBOOT_GRACE_S  # no grace for a node that never answered
