@@ -66,6 +66,10 @@ def _child_setup(parent_pid: int, serial: bool) -> Callable[[], None]:
             os._exit(1)
         if serial:  # after setsid (start_new_session): the pty becomes the controlling tty
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            # The interpreter is CPython embedding MicroPython: a Ctrl-C during CPython's
+            # start-up would end the process with a KeyboardInterrupt. Ignored until MicroPython
+            # sets its own SIGINT handler to run code, as a board takes Ctrl-C only then.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     return setup
 
@@ -252,8 +256,9 @@ class Board:
             if cause is not None:
                 self._spawn_main(cause)
             elif not role_main and status == -signal.SIGINT and self.relay is not None:
-                # A Ctrl-C that came while the interpreter started, before it handled SIGINT.
-                # A board's REPL takes Ctrl-C at any time, so this one stays at its REPL.
+                # The unix port's REPL reads Ctrl-C as a key, but leaves SIGINT to its default
+                # between lines: a Ctrl-C that lands there ends the process. A board's REPL
+                # takes Ctrl-C at any time, so this one stays at its REPL.
                 self._spawn([], BoardState.REPL)
             elif role_main and self.relay is not None:
                 self._report(status, "the board is at its REPL")
