@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -48,6 +49,10 @@ STOP_GRACE_S: Final = 1.0  # SIGTERM, then SIGKILL after this long
 _ATTACH_POLL_S: Final = 0.02
 _WATCHDOG_POLL_S: Final = 0.05
 _IDLE_CHECK_S: Final = 1.0  # look anyway now and then, in case a notification went missing
+_EPHEMERAL_RANGE_FILE: Final = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_IANA_EPHEMERAL: Final = (49152, 65535)  # the default where that file is missing: BSD, macOS
+_LOWEST_PORT: Final = 1024  # below it only root may bind
+_PORT_TRIES: Final = 64  # ports tried per port wanted before giving up
 
 
 def default_config(index: int, udp_port: int, serial: bool) -> dict[str, Any]:
@@ -106,8 +111,45 @@ def prepare_flash(
     return fresh
 
 
+def ephemeral_port_range() -> tuple[int, int]:
+    """The ports the kernel hands to a socket that sends before it binds, first and last."""
+    try:
+        low, high = (int(word) for word in _EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return _IANA_EPHEMERAL
+    return low, high
+
+
 def free_udp_ports(count: int) -> list[int]:
-    """Distinct free UDP ports on 127.0.0.1 (the unix port cannot report the port it bound)."""
+    """Distinct UDP ports on 127.0.0.1, free now and outside the ephemeral range.
+
+    The unix port cannot report the port it bound, so the simulator chooses one and the board
+    binds it a little later. Inside the ephemeral range, any socket that sends without binding
+    (a test client, the fleet's hub) could be given that port meanwhile; the board could then
+    not bind it, and a client sending to it would read its own datagrams back. Outside the
+    range only an explicit bind can take it. Random, so two simulators rarely choose alike.
+    """
+    low, high = ephemeral_port_range()
+    spans = [range(_LOWEST_PORT, max(_LOWEST_PORT, low)), range(max(_LOWEST_PORT, high + 1), 65536)]
+    total = sum(len(span) for span in spans)
+    if total < count:
+        _log.warning("ephemeral ports %d-%d leave none for the boards: may collide", low, high)
+        return _kernel_chosen_udp_ports(count)
+    ports: list[int] = []
+    for index in random.sample(range(total), min(total, count * _PORT_TRIES)):
+        port = spans[0][index] if index < len(spans[0]) else spans[1][index - len(spans[0])]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise OSError("only %d of %d UDP ports free on 127.0.0.1" % (len(ports), count))
+
+
+def _kernel_chosen_udp_ports(count: int) -> list[int]:
     probes = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
     try:
         for probe in probes:  # all bound at once, so no two boards get the same port
