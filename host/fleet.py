@@ -630,11 +630,13 @@ class Fleet:
 
     @staticmethod
     def _rejected(session: NodeSession) -> dict[str, int]:
-        """What this host refused from the node's link, by reason: frames or datagrams, and
-        bodies that are no message of the catalogue."""
+        """What this host refused from the node's link, by reason: frames or datagrams, bodies
+        that are no message of the catalogue, and its own messages sent back."""
         rejected = session.transport.rejected()
         if session.counters.undecodable:
             rejected["undecodable"] = session.counters.undecodable
+        if session.counters.reflected:
+            rejected["reflected"] = session.counters.reflected
         return rejected
 
     def _record(

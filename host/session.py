@@ -112,6 +112,7 @@ class SessionCounters:
     clock_uncertainty_us: int | None = None
     refused_by_reason: dict[str, int] = field(default_factory=dict)
     undecodable: int = 0  # bodies from the node that are not messages of the catalogue
+    reflected: int = 0  # messages of a kind only a host sends: its own, sent back
 
 
 class NodeSession:
@@ -319,6 +320,14 @@ class NodeSession:
             self.counters.undecodable += 1
             self.log.debug("undecodable body: %s", error)
             return
+        if message.kind < messages.ACK:
+            # Requests and notices go host to node only: this is the host's own message sent
+            # back (a REPL echoing a frame, someone on the LAN reflecting a datagram, which the
+            # tag does not tell from the node's). Taken as the reply to its seq, it would pass a
+            # command that never reached the node for an acknowledged one.
+            self.counters.reflected += 1
+            self.log.debug("dropped a message of kind %d, which only a host sends", message.kind)
+            return
         self._heard = True
         if message.kind == messages.STATE:
             if self.on_state is not None:
@@ -490,6 +499,7 @@ class NodeSession:
         )
 
     async def _handshake(self, timeout_s: float) -> codec.Message:
+        reflected = self.counters.reflected
         try:
             return await self.request_now(
                 messages.HELLO, messages.PROTOCOL_VERSION, timeout_s=timeout_s
@@ -503,6 +513,11 @@ class NodeSession:
                 ) from None
             raise
         except NodeTimeoutError:
+            if self.counters.reflected > reflected:
+                raise NodeOfflineError(
+                    "%s: no answer to HELLO, only the HELLO itself sent back (a link that "
+                    "echoes, such as TX wired to RX)" % self.transport.name
+                ) from None
             raise NodeOfflineError(
                 "%s: no answer to HELLO (node off, wrong address, or another key)"
                 % self.transport.name

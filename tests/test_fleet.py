@@ -3,7 +3,11 @@
 import asyncio
 import logging
 import os
+import select
+import socket
+import threading
 import time
+import tty
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,10 +22,11 @@ from servomesh.host.session import (
     NodeOfflineError,
     NodeSession,
     NodeState,
+    NodeTimeoutError,
     SessionOptions,
 )
 from servomesh.host.sim import Board, Simulator, write_fleet_config
-from servomesh.host.transport import UdpHub, UdpTransport
+from servomesh.host.transport import SerialTransport, UdpHub, UdpTransport
 from servomesh.protocol import messages
 
 FAST = SessionOptions(request_timeout_s=0.5, backoff_max_s=0.3)
@@ -262,6 +267,112 @@ def test_a_wrong_key_is_a_clear_error_counted_on_both_sides_and_moves_nothing(
     assert after["auth_failed"] > before["auth_failed"]
     # Nothing ran for the forger: only the HELLO of the second reading itself.
     assert after["requests_executed"] == before["requests_executed"] + 1
+
+
+class Reflector:
+    """Someone on the LAN between host and node: relays both ways, or, once `reflect` is set,
+    sends each of the host's datagrams back to it instead, where its tag still checks out."""
+
+    def __init__(self, node_port: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.node = ("127.0.0.1", node_port)
+        self.host: tuple[str, int] | None = None
+        self.reflect = threading.Event()
+        self.reflected = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Reflector":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not select.select([self.sock], [], [], 0.05)[0]:
+                continue
+            data, peer = self.sock.recvfrom(2048)
+            if peer == self.node:
+                if self.host is not None:
+                    self.sock.sendto(data, self.host)
+            elif self.reflect.is_set():
+                self.sock.sendto(data, peer)
+                self.reflected += 1
+            else:
+                self.host = peer
+                self.sock.sendto(data, self.node)
+
+
+def test_the_hosts_own_datagrams_sent_back_never_pass_for_replies(
+    boards: tuple[Simulator, Path],
+) -> None:
+    """The tag cannot tell the host's datagram from the node's (one key, both ways). BOUND
+    requests are refused by the host's receiver; the kind refuses the rest. A reflected PING
+    taken for its PONG would keep a node the host cannot reach `ready`."""
+    sim, config = boards
+    board = sim.boards[1]
+
+    async def main(reflector: Reflector) -> None:
+        link = "udp://127.0.0.1:%d" % board.udp_port
+        through = config.with_name("reflected.toml")
+        through.write_text(config.read_text().replace(link, "udp://127.0.0.1:%d" % reflector.port))
+        async with Fleet.from_config(through, options=FAST, log_operations=False) as fleet:
+            session = fleet.sessions["sim-2"]
+            await fleet.set("sim2_c1", 10.0)  # relayed: the real ACK
+            reflector.reflect.set()
+            before = await asyncio.to_thread(node_counters, board)
+            with pytest.raises(NodeTimeoutError, match="no reply to SET"):
+                await fleet.set("sim2_c1", 25.0)
+            await until(lambda: session.state == NodeState.OFFLINE, 10)
+            assert "heartbeats unanswered" in session.why
+            row = next(row for row in fleet.nodes() if row["name"] == "sim-2")
+            assert row["rejected"]["reflected"] >= FAST.offline_after_misses  # the PINGs
+            assert row["rejected"]["malformed"] >= FAST.attempts  # the SETs: BOUND
+        after = node_counters(board)
+        assert after["requests_executed"] == before["requests_executed"] + 1  # the HELLO above
+
+    with Reflector(board.udp_port) as reflector:
+        run(main(reflector))
+
+
+def test_a_serial_port_that_echoes_is_named_and_never_ready() -> None:
+    """TX wired to RX: every frame comes back as sent, and must not pass for the node's."""
+    controller, device = os.openpty()
+    tty.setraw(device)
+    stop = threading.Event()
+
+    def echo() -> None:
+        while not stop.is_set():
+            if select.select([controller], [], [], 0.05)[0]:
+                os.write(controller, os.read(controller, 4096))
+
+    async def main() -> None:
+        session = NodeSession("loop", SerialTransport(os.ttyname(device)), options=FAST)
+        await session.start()
+        try:
+            await until(lambda: session.counters.timeouts >= 2, 10)
+            assert session.state == NodeState.CONNECTING
+            assert "only the HELLO itself sent back" in session.why
+            assert session.counters.reflected >= 2
+            assert session.boot_id is None
+        finally:
+            await session.close()
+
+    thread = threading.Thread(target=echo, daemon=True)
+    thread.start()
+    try:
+        run(main())
+    finally:
+        stop.set()
+        thread.join(5)
+        os.close(controller)
+        os.close(device)
 
 
 def test_a_protocol_mismatch_is_a_clear_error_counted_and_moves_nothing(
