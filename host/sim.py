@@ -12,11 +12,9 @@ import argparse
 import json
 import logging
 import os
-import random
 import secrets
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -26,7 +24,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Final
 
-from servomesh.host import fleet_config, upy
+from servomesh.host import fleet_config, ports, upy
 from servomesh.host.sim_board import (
     SOFT_RESET_EXIT,
     WATCHDOG_EXIT,
@@ -49,10 +47,6 @@ STOP_GRACE_S: Final = 1.0  # SIGTERM, then SIGKILL after this long
 _ATTACH_POLL_S: Final = 0.02
 _WATCHDOG_POLL_S: Final = 0.05
 _IDLE_CHECK_S: Final = 1.0  # look anyway now and then, in case a notification went missing
-_EPHEMERAL_RANGE_FILE: Final = Path("/proc/sys/net/ipv4/ip_local_port_range")
-_IANA_EPHEMERAL: Final = (49152, 65535)  # the default where that file is missing: BSD, macOS
-_LOWEST_PORT: Final = 1024  # below it only root may bind
-_PORT_TRIES: Final = 64  # ports tried per port wanted before giving up
 
 
 def default_config(index: int, udp_port: int, serial: bool) -> dict[str, Any]:
@@ -109,55 +103,6 @@ def prepare_flash(
     fresh = default_config(index, udp_port, serial)
     write_config(config_path, fresh)
     return fresh
-
-
-def ephemeral_port_range() -> tuple[int, int]:
-    """The ports the kernel hands to a socket that sends before it binds, first and last."""
-    try:
-        low, high = (int(word) for word in _EPHEMERAL_RANGE_FILE.read_text().split())
-    except (OSError, ValueError):
-        return _IANA_EPHEMERAL
-    return low, high
-
-
-def free_udp_ports(count: int) -> list[int]:
-    """Distinct UDP ports on 127.0.0.1, free now and outside the ephemeral range.
-
-    The unix port cannot report the port it bound, so the simulator chooses one and the board
-    binds it a little later. Inside the ephemeral range, any socket that sends without binding
-    (a test client, the fleet's hub) could be given that port meanwhile; the board could then
-    not bind it, and a client sending to it would read its own datagrams back. Outside the
-    range only an explicit bind can take it. Random, so two simulators rarely choose alike.
-    """
-    low, high = ephemeral_port_range()
-    spans = [range(_LOWEST_PORT, max(_LOWEST_PORT, low)), range(max(_LOWEST_PORT, high + 1), 65536)]
-    total = sum(len(span) for span in spans)
-    if total < count:
-        _log.warning("ephemeral ports %d-%d leave none for the boards: may collide", low, high)
-        return _kernel_chosen_udp_ports(count)
-    ports: list[int] = []
-    for index in random.sample(range(total), min(total, count * _PORT_TRIES)):
-        port = spans[0][index] if index < len(spans[0]) else spans[1][index - len(spans[0])]
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue  # in use
-        ports.append(port)
-        if len(ports) == count:
-            return ports
-    raise OSError("only %d of %d UDP ports free on 127.0.0.1" % (len(ports), count))
-
-
-def _kernel_chosen_udp_ports(count: int) -> list[int]:
-    probes = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
-    try:
-        for probe in probes:  # all bound at once, so no two boards get the same port
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
 
 
 class Simulator:
@@ -221,7 +166,7 @@ class Simulator:
         self._loop = EventLoop("servomesh-sim")
         self._loop.tick = self._tick
         try:
-            ports = self._ports()
+            udp_ports = self._ports()
             for i in range(1, self.nodes + 1):
                 main = self._main
                 if main is not None and not isinstance(main, str):
@@ -229,7 +174,7 @@ class Simulator:
                 config = self._configs[i - 1] if self._configs is not None else None
                 serial = i <= self.serial
                 flash = self.root / ("sim-%d" % i)
-                config = prepare_flash(flash, i, ports[i - 1], serial, config, main)
+                config = prepare_flash(flash, i, udp_ports[i - 1], serial, config, main)
                 board = Board(
                     i, flash, dict(config), serial, self.heap, device_lib, self._loop, self._changed
                 )
@@ -284,7 +229,9 @@ class Simulator:
     def _ports(self) -> list[int]:
         if self._base_port is not None:
             return [self._base_port + i for i in range(self.nodes)]
-        return free_udp_ports(self.nodes)
+        # The unix port cannot report the port it bound: each board is told one, outside the
+        # ephemeral range (see ports.py).
+        return ports.free_ports(self.nodes)
 
     def _start_notify(self, loop: EventLoop) -> None:
         try:

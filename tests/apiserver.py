@@ -12,6 +12,7 @@ import uvicorn
 from servomesh.host.api.app import create_app
 from servomesh.host.api.auth import Role, TokenStore, new_token
 from servomesh.host.fleet import Fleet
+from servomesh.host.ports import free_ports
 from servomesh.host.session import SessionOptions
 
 START_TIMEOUT_S = 20.0
@@ -20,9 +21,9 @@ FAST = SessionOptions(request_timeout_s=0.5, backoff_max_s=0.3)
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A TCP port for a server started next; never one a client's connect could be given."""
+    (port,) = free_ports(1, socket.SOCK_STREAM)
+    return port
 
 
 def make_tokens(path: Path) -> dict[str, str]:

@@ -248,36 +248,6 @@ def test_twenty_boards_answer_and_leave_no_process() -> None:
     sim.close()  # idempotent
 
 
-def test_board_ports_are_free_and_outside_the_ephemeral_range() -> None:
-    # A client that sends before the board has bound its port must not be given that port: it
-    # would read its own requests back as replies (CI once saw DISCOVER "answered" by DISCOVER).
-    low, high = sim_module.ephemeral_port_range()
-    ports = sim_module.free_udp_ports(200)
-    assert len(set(ports)) == 200
-    assert all(1024 <= port < low or high < port <= 65535 for port in ports)
-    for port in ports:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", port))
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
-        client.sendto(b"x", ("127.0.0.1", ports[0]))  # binds it to an ephemeral port
-        assert low <= client.getsockname()[1] <= high
-
-
-def test_board_ports_follow_the_kernels_ephemeral_range(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    range_file = tmp_path / "ip_local_port_range"
-    monkeypatch.setattr(sim_module, "_EPHEMERAL_RANGE_FILE", range_file)
-    assert sim_module.ephemeral_port_range() == (49152, 65535)  # no such file: the IANA range
-    range_file.write_text("1024\t65000\n")
-    ports = sim_module.free_udp_ports(20)
-    assert all(65000 < port <= 65535 for port in ports)
-    range_file.write_text("1024 65535\n")  # nothing left outside: the kernel chooses, and says so
-    with caplog.at_level(logging.WARNING, logger="servomesh.host.sim"):
-        assert len(set(sim_module.free_udp_ports(3))) == 3
-    assert "ephemeral ports 1024-65535 leave none" in caplog.text
-
-
 def test_serial_board_relays_bytes_unchanged_and_survives_restarts_and_reopens() -> None:
     # Every byte value but 0x03 (Ctrl-C): 0x1a and 0x1c must not raise signals, \n stays \n.
     # 256 bytes in all: the echo answers in 16-byte blocks.

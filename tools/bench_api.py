@@ -46,8 +46,9 @@ from servomesh.host import upy
 from servomesh.host.api import models
 from servomesh.host.api.app import create_app
 from servomesh.host.fleet import Fleet
+from servomesh.host.ports import free_ports
 from servomesh.host.session import TICKS_MASK
-from servomesh.host.sim import Simulator, free_udp_ports, write_fleet_config
+from servomesh.host.sim import Simulator, write_fleet_config
 
 TELEMETRY_MS = 20
 NODES = 2
@@ -300,7 +301,7 @@ def run(quick: bool, row: Row, verdict: Verdict) -> None:
         config = write_fleet_config(sim, folder / "fleet.toml")
         every = r"\1telemetry_ms = %d\n" % TELEMETRY_MS
         config.write_text(re.sub(r"(\[nodes\.[^\]]+\]\n)", every, config.read_text()))
-        (echo_port,) = free_udp_ports(1)
+        (echo_port,) = free_ports(1)
         start(upy.command(str(ECHO_SCRIPT), "udp", str(echo_port)), client_cpus, stack)
         app_port = start_server("app", config, server_cpus, stack)
         noop_port = start_server("noop", config, server_cpus, stack)

@@ -32,7 +32,8 @@ import serial
 from mpremote.transport_serial import SerialTransport
 
 from servomesh.host import codec, upy
-from servomesh.host.sim import DEFAULT_MAIN, Board, Simulator, free_udp_ports
+from servomesh.host.ports import free_ports
+from servomesh.host.sim import DEFAULT_MAIN, Board, Simulator
 from servomesh.protocol import datagram, messages, stream
 
 ECHO_SCRIPT = Path(__file__).with_name("bench_echo.py")
@@ -316,7 +317,7 @@ def run(quick: bool, row: Row, verdict: Verdict) -> None:
     env["MICROPYPATH"] += ":%s" % Path(next(iter(spec.submodule_search_locations))).parent
     body = codec.encode(messages.SET, 3000, CHANNEL, 1500, DURATION_MS)  # echoed as is:
     frame, signed = stream.encode_frame(body), datagram.Sender(0, bytes(32), 1).seal(body)
-    echo_port, http_port = free_udp_ports(2)
+    (echo_port,), (http_port,) = free_ports(1), free_ports(1, socket.SOCK_STREAM)
     tools = str(ECHO_SCRIPT.parent)
     mains = [DEFAULT_MAIN, SCRIPT % (tools, "bench_echo", "bench_echo.pty(%d)" % len(frame))]
     mains += [IDLE, SCRIPT % (tools, "bench_echo", "bench_echo.udp(%d)" % echo_port)]
@@ -441,7 +442,7 @@ def print_round_trips(rtt: dict[str, list[float]], row: Row, verdict: Verdict) -
 
 def steps(quick: bool, node_cpu_us: float) -> None:
     """bench_echo.py steps prints the per-step table itself, in this report's format."""
-    ports = [str(port) for port in free_udp_ports(3)]
+    ports = [str(port) for port in free_ports(3)]
     args = ["200", "5"] if quick else ["500", "15"]
     argv = upy.command(str(ECHO_SCRIPT), "steps", *args, *ports, "%.1f" % node_cpu_us)
     done = subprocess.run(
