@@ -51,6 +51,8 @@ class Client(abc.ABC):
                 if values[0] >= messages.STATE:
                     self.events.append(values)
                 elif values[1] == seq:
+                    # Only a host sends requests: this one is the client's own, come back.
+                    assert values[0] >= messages.ACK, "own request read back: %r" % values
                     if values[0] == messages.INFO:
                         self.boot_id = values[2]["boot_id"]  # what requests bind to
                     return values
