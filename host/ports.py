@@ -36,18 +36,18 @@ def free_ports(count: int, kind: socket.SocketKind = socket.SOCK_DGRAM) -> list[
     """`count` distinct ports of `kind` (UDP or TCP) free on 127.0.0.1 now, outside the
     ephemeral range; OSError when too few are free."""
     low, high = ephemeral_range()
-    spans = [range(LOWEST_PORT, max(LOWEST_PORT, low)), range(max(LOWEST_PORT, high + 1), 65536)]
-    total = len(spans[0]) + len(spans[1])
-    if total < count:
+    # Above the range first: still IANA's dynamic ports, where no service has a fixed one.
+    spans = [range(max(LOWEST_PORT, high + 1), 65536), range(LOWEST_PORT, max(LOWEST_PORT, low))]
+    if len(spans[0]) + len(spans[1]) < count:
         _log.warning("ephemeral ports %d-%d leave none outside: ports may collide", low, high)
         return _kernel_chosen(count, kind)
     ports: list[int] = []
-    for index in random.sample(range(total), min(total, count * _TRIES)):
-        port = spans[0][index] if index < len(spans[0]) else spans[1][index - len(spans[0])]
-        if _bindable(port, kind):
-            ports.append(port)
-            if len(ports) == count:
-                return ports
+    for span in spans:
+        for port in random.sample(span, min(len(span), count * _TRIES)):
+            if _bindable(port, kind):
+                ports.append(port)
+                if len(ports) == count:
+                    return ports
     raise OSError("only %d of %d ports free on 127.0.0.1" % (len(ports), count))
 
 

@@ -50,6 +50,8 @@ def test_the_range_comes_from_the_kernel_and_a_full_one_is_said(
     range_file.write_text("1024\t65000\n")
     assert ports.ephemeral_range() == (1024, 65000)
     assert all(65000 < port <= 65535 for port in ports.free_ports(20))
+    range_file.write_text("32768 60999\n")  # above it first: no service has a fixed port there
+    assert all(60999 < port <= 65535 for port in ports.free_ports(20))
     range_file.write_text("1024 65535\n")  # nothing left outside: the kernel chooses, and says so
     with caplog.at_level(logging.WARNING, logger="servomesh.host.ports"):
         assert len(set(ports.free_ports(3))) == 3
