@@ -322,9 +322,9 @@ class NodeSession:
             return
         if message.kind < messages.ACK:
             # Requests and notices go host to node only: this is the host's own message sent
-            # back (a REPL echoing a frame, someone on the LAN reflecting a datagram, which the
-            # tag does not tell from the node's). Taken as the reply to its seq, it would pass a
-            # command that never reached the node for an acknowledged one.
+            # back (a serial port that echoes, someone on the LAN reflecting a datagram, which
+            # the tag does not tell from the node's). Taken as the reply to its seq, a PING
+            # would pass for a PONG and a HELLO for an INFO.
             self.counters.reflected += 1
             self.log.debug("dropped a message of kind %d, which only a host sends", message.kind)
             return
