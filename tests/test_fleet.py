@@ -4,7 +4,6 @@ import asyncio
 import logging
 import os
 import select
-import socket
 import threading
 import time
 import tty
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 from nodeclient import UdpClient
 from nodetest import wait_ready
+from udp_proxy import LossyUdpProxy
 
 from servomesh.host.fleet import Fleet, LimitError, StoppedError, UnknownNameError
 from servomesh.host.oplog import Operation
@@ -269,46 +269,6 @@ def test_a_wrong_key_is_a_clear_error_counted_on_both_sides_and_moves_nothing(
     assert after["requests_executed"] == before["requests_executed"] + 1
 
 
-class Reflector:
-    """Someone on the LAN between host and node: relays both ways, or, once `reflect` is set,
-    sends each of the host's datagrams back to it instead, where its tag still checks out."""
-
-    def __init__(self, node_port: int) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = int(self.sock.getsockname()[1])
-        self.node = ("127.0.0.1", node_port)
-        self.host: tuple[str, int] | None = None
-        self.reflect = threading.Event()
-        self.reflected = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "Reflector":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if not select.select([self.sock], [], [], 0.05)[0]:
-                continue
-            data, peer = self.sock.recvfrom(2048)
-            if peer == self.node:
-                if self.host is not None:
-                    self.sock.sendto(data, self.host)
-            elif self.reflect.is_set():
-                self.sock.sendto(data, peer)
-                self.reflected += 1
-            else:
-                self.host = peer
-                self.sock.sendto(data, self.node)
-
-
 def test_the_hosts_own_datagrams_sent_back_never_pass_for_replies(
     boards: tuple[Simulator, Path],
 ) -> None:
@@ -318,14 +278,16 @@ def test_the_hosts_own_datagrams_sent_back_never_pass_for_replies(
     sim, config = boards
     board = sim.boards[1]
 
-    async def main(reflector: Reflector) -> None:
+    async def main(proxy: LossyUdpProxy) -> None:
         link = "udp://127.0.0.1:%d" % board.udp_port
         through = config.with_name("reflected.toml")
-        through.write_text(config.read_text().replace(link, "udp://127.0.0.1:%d" % reflector.port))
+        through.write_text(
+            config.read_text().replace(link, "udp://127.0.0.1:%d" % proxy.address[1])
+        )
         async with Fleet.from_config(through, options=FAST, log_operations=False) as fleet:
             session = fleet.sessions["sim-2"]
             await fleet.set("sim2_c1", 10.0)  # relayed: the real ACK
-            reflector.reflect.set()
+            proxy.set(reflect=True)
             before = await asyncio.to_thread(node_counters, board)
             with pytest.raises(NodeTimeoutError, match="no reply to SET"):
                 await fleet.set("sim2_c1", 25.0)
@@ -334,11 +296,12 @@ def test_the_hosts_own_datagrams_sent_back_never_pass_for_replies(
             row = next(row for row in fleet.nodes() if row["name"] == "sim-2")
             assert row["rejected"]["reflected"] >= FAST.offline_after_misses  # the PINGs
             assert row["rejected"]["malformed"] >= FAST.attempts  # the SETs: BOUND
+            assert proxy.counters["to_upstream"].reflected >= FAST.attempts
         after = node_counters(board)
         assert after["requests_executed"] == before["requests_executed"] + 1  # the HELLO above
 
-    with Reflector(board.udp_port) as reflector:
-        run(main(reflector))
+    with LossyUdpProxy(("127.0.0.1", board.udp_port), seed=1) as proxy:
+        run(main(proxy))
 
 
 def test_a_serial_port_that_echoes_is_named_and_never_ready() -> None:

@@ -208,6 +208,23 @@ def test_set_cuts_the_link_and_restores_it(echo: EchoServer, client: socket.sock
     assert echo.seqs() == [0, 6]
 
 
+def test_reflect_sends_a_clients_datagrams_back_to_it_not_upstream(
+    echo: EchoServer, client: socket.socket
+) -> None:
+    with LossyUdpProxy(echo.address, seed=8, loss=1.0, directions="to_client") as proxy:
+        client.sendto(SEQ.pack(0), proxy.address)  # reaches the echo; its answer is lost
+        wait_until(lambda: echo.seqs() == [0])
+        assert proxy.set(reflect=True).reflect
+        for seq in range(1, 6):
+            client.sendto(SEQ.pack(seq), proxy.address)
+        assert receive(client, 5) == [1, 2, 3, 4, 5]  # no loss: reflection bypasses the rest
+        assert proxy.counters["to_upstream"].reflected == 5
+        proxy.set(reflect=False, loss=0.0)
+        client.sendto(SEQ.pack(6), proxy.address)
+        assert receive(client, 1) == [6]
+    assert echo.seqs() == [0, 6]
+
+
 def test_each_client_gets_its_own_replies_from_its_own_port(echo: EchoServer) -> None:
     clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(16)]
     try:

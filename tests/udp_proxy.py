@@ -1,4 +1,5 @@
-"""A seeded userspace UDP proxy that drops, delays, duplicates and reorders datagrams.
+"""A seeded userspace UDP proxy that drops, delays, duplicates and reorders datagrams, or sends
+a client's datagrams back to it (reflects them, as someone on the LAN could).
 
 This kernel has no `tc netem`, so tests put this proxy between a client and the node (or host)
 under test. It runs its own selector loop in a daemon thread, so blocking-socket clients and
@@ -48,6 +49,8 @@ class Impairment:
     reorder: float = 0.0
     delay_ms: tuple[float, float] = (0.0, 0.0)
     directions: Directions = "both"
+    # A client's datagrams go back to it, not upstream: no draws, no other impairment.
+    reflect: bool = False
 
     def __post_init__(self) -> None:
         for name in ("loss", "duplicate", "reorder"):
@@ -78,6 +81,8 @@ class Counters:
     duplicated: int = 0
     # held back and then overtaken by the next datagram of the same client and direction
     reordered: int = 0
+    # sent back to the client they came from (to_upstream only; then forwarded as to_client)
+    reflected: int = 0
     # failed sends and receives (a peer not listening yet), and clients over `max_clients`
     errors: int = 0
 
@@ -125,8 +130,9 @@ class LossyUdpProxy:
         reorder: float = 0.0,
         delay_ms: tuple[float, float] = (0.0, 0.0),
         directions: Directions = "both",
+        reflect: bool = False,
     ) -> None:
-        self._impairment = Impairment(loss, duplicate, reorder, delay_ms, directions)
+        self._impairment = Impairment(loss, duplicate, reorder, delay_ms, directions, reflect)
         self._upstream = upstream
         seeds = random.Random(seed)
         self._rng = {direction: random.Random(seeds.getrandbits(64)) for direction in DIRECTIONS}
@@ -185,6 +191,7 @@ class LossyUdpProxy:
         reorder: float | None = None,
         delay_ms: tuple[float, float] | None = None,
         directions: Directions | None = None,
+        reflect: bool | None = None,
     ) -> Impairment:
         """Change the impairments for datagrams received from now on; returns the new ones."""
         with self._lock:
@@ -195,6 +202,7 @@ class LossyUdpProxy:
                 now.reorder if reorder is None else reorder,
                 now.delay_ms if delay_ms is None else delay_ms,
                 now.directions if directions is None else directions,
+                now.reflect if reflect is None else reflect,
             )
             return self._impairment
 
@@ -307,6 +315,10 @@ class LossyUdpProxy:
         impairment = self._impairment
         tally = self._counters[direction]
         tally.received += 1
+        if impairment.reflect and direction == "to_upstream":
+            tally.reflected += 1
+            self._schedule(now, _Send(session, "to_client", payload))
+            return
         if not impairment.applies_to(direction):
             self._schedule(now, _Send(session, direction, payload))
             return
